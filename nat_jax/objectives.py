@@ -1,0 +1,188 @@
+"""Exact #MAdds and #params of OFA MobileNetV3 subnets, from the architecture.
+
+Counting rule (OFA's): only convolution and linear multiply-adds count (SE
+1x1 convs included; BN, activations, the SE multiply, residual adds and
+pooling do not), batch size 1. Params are the weights of the extracted
+subnet: conv kernels, BN gamma/beta, SE convs with biases, the classifier with
+its bias (no BN running statistics, no kernel-transform matrices).
+
+`count(space, arch)` walks the layers of one `Arch` in plain Python integers
+(the reference). `CostTables` turns the same per-layer rule into per-block
+lookup tables so a whole population of genotypes is costed with one gather
+and a sum: exactly in NumPy int64, or inside `jit` with `jax.numpy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nat_jax import search_space as ss
+
+
+def _out_size(size: int, stride: int) -> int:
+    # Symmetric k//2 padding with odd k: floor((f - 1) / s) + 1.
+    return (size - 1) // stride + 1
+
+
+def _block_cost(c_in: int, c_out: int, mid: int, k: int, f_in: int, stride: int,
+                se: bool) -> tuple[int, int]:
+    """(madds, params) of one elastic inverted-bottleneck block."""
+    f_out = _out_size(f_in, stride)
+    madds = f_in * f_in * c_in * mid            # inverted bottleneck 1x1
+    madds += f_out * f_out * k * k * mid        # depthwise
+    madds += f_out * f_out * mid * c_out        # point linear 1x1
+    params = c_in * mid + 2 * mid + k * k * mid + 2 * mid + mid * c_out + 2 * c_out
+    if se:
+        se_mid = ss.make_divisible(mid // 4, 8)
+        madds += 2 * mid * se_mid
+        params += mid * se_mid + se_mid + se_mid * mid + mid
+    return madds, params
+
+
+def _stem_cost(ch: ss.Channels, resolution: int) -> tuple[int, int, int]:
+    """(madds, params, feature size) of first conv + static first block."""
+    f = _out_size(resolution, 2)
+    madds = f * f * 9 * 3 * ch.first + f * f * 9 * ch.first + f * f * ch.first * ch.first_block
+    params = 27 * ch.first + 2 * ch.first + 9 * ch.first + 2 * ch.first
+    params += ch.first * ch.first_block + 2 * ch.first_block
+    return madds, params, f
+
+
+def _head_cost(ch: ss.Channels, f: int, num_classes: int) -> tuple[int, int]:
+    """(madds, params) of final expand + feature mix + classifier."""
+    c_last = ch.stages[-1]
+    madds = f * f * c_last * ch.final_expand + ch.final_expand * ch.feature_mix
+    madds += ch.feature_mix * num_classes
+    params = c_last * ch.final_expand + 2 * ch.final_expand
+    params += ch.final_expand * ch.feature_mix + ch.feature_mix * num_classes + num_classes
+    return madds, params
+
+
+def _stage_input_sizes(space: ss.SearchSpace, resolution: int) -> tuple[int, list[int]]:
+    f = _out_size(resolution, 2)
+    sizes = []
+    for stride in space.net.stage_strides:
+        sizes.append(f)
+        f = _out_size(f, stride)
+    return f, sizes
+
+
+def count(space: ss.SearchSpace, arch: ss.Arch, num_classes: int = 1000
+          ) -> dict[str, int]:
+    """Exact {"madds", "params"} of one subnet (the layer-by-layer reference)."""
+    arch.validate(space)
+    ch = space.channels(arch.width)
+    madds, params, f = _stem_cost(ch, arch.resolution)
+    c_in = ch.first_block
+    for s, c_out in enumerate(ch.stages):
+        for j in range(arch.d[s]):
+            b = s * space.max_depth + j
+            stride = space.net.stage_strides[s] if j == 0 else 1
+            mid = space.mid_channels(c_in, arch.e[b])
+            m, p = _block_cost(c_in, c_out, mid, arch.ks[b], f, stride, space.net.stage_se[s])
+            madds, params = madds + m, params + p
+            f, c_in = _out_size(f, stride), c_out
+    m, p = _head_cost(ch, f, num_classes)
+    return {"madds": madds + m, "params": params + p}
+
+
+@dataclasses.dataclass(frozen=True)
+class CostTables:
+    """Per-block cost lookup tables of one space and number of classes.
+
+    fixed_madds: int64[n_res, n_width]; fixed_params: int64[n_width];
+    block_madds: int64[n_res, n_width, num_blocks, num_ops + 1] (op 0 = skipped);
+    block_params: int64[n_width, num_blocks, num_ops + 1].
+    """
+
+    fixed_madds: np.ndarray
+    fixed_params: np.ndarray
+    block_madds: np.ndarray
+    block_params: np.ndarray
+
+    def madds(self, genes, xp=np):
+        """MAdds of genotypes `[..., num_genes]`; exact int64 with numpy."""
+        return self._total(genes, self.fixed_madds, self.block_madds, xp, by_res=True)
+
+    def params(self, genes, xp=np):
+        """Params of genotypes `[..., num_genes]`; exact int64 with numpy."""
+        return self._total(genes, self.fixed_params, self.block_params, xp, by_res=False)
+
+    def _total(self, genes, fixed, block, xp, by_res):
+        if xp is np:
+            genes = np.asarray(genes)
+        else:  # jax.numpy: int32 tables would overflow for big nets; use float32.
+            fixed, block = jnp.asarray(fixed, jnp.float32), jnp.asarray(block, jnp.float32)
+        res, wid, layers = genes[..., 0], genes[..., 1], genes[..., 2:]
+        blocks = xp.arange(layers.shape[-1])
+        if by_res:
+            per_block = block[res[..., None], wid[..., None], blocks, layers]
+            return fixed[res, wid] + per_block.sum(-1)
+        return fixed[wid] + block[wid[..., None], blocks, layers].sum(-1)
+
+
+@functools.lru_cache(maxsize=32)
+def cost_tables(space: ss.SearchSpace, num_classes: int = 1000) -> CostTables:
+    """Builds (and caches) the lookup tables from the per-layer rule."""
+    n_res, n_w, nb, nops = len(space.resolutions), len(space.widths), space.num_blocks, \
+        space.num_ops
+    fixed_m = np.zeros((n_res, n_w), np.int64)
+    fixed_p = np.zeros((n_w,), np.int64)
+    block_m = np.zeros((n_res, n_w, nb, nops + 1), np.int64)
+    block_p = np.zeros((n_w, nb, nops + 1), np.int64)
+    for wi, width in enumerate(space.widths):
+        ch = space.channels(width)
+        c_ins = space.block_in_channels(width)
+        for ri, res in enumerate(space.resolutions):
+            m0, p0, _ = _stem_cost(ch, res)
+            f_final, sizes = _stage_input_sizes(space, res)
+            m1, p1 = _head_cost(ch, f_final, num_classes)
+            fixed_m[ri, wi], fixed_p[wi] = m0 + m1, p0 + p1
+            for b in range(nb):
+                s, j = divmod(b, space.max_depth)
+                stride = space.net.stage_strides[s] if j == 0 else 1
+                f_in = sizes[s] if j == 0 else _out_size(sizes[s], space.net.stage_strides[s])
+                for op in range(1, nops + 1):
+                    k = space.kernels[(op - 1) % len(space.kernels)]
+                    e = space.expands[(op - 1) // len(space.kernels)]
+                    mid = space.mid_channels(c_ins[b], e)
+                    m, p = _block_cost(c_ins[b], space.channels(width).stages[s], mid, k,
+                                       f_in, stride, space.net.stage_se[s])
+                    block_m[ri, wi, b, op], block_p[wi, b, op] = m, p
+    return CostTables(fixed_m, fixed_p, block_m, block_p)
+
+
+def madds(space: ss.SearchSpace, genes, num_classes: int = 1000, xp=np):
+    """MAdds of genotypes `[..., num_genes]` (exact int64 numpy, or float32 jnp)."""
+    return cost_tables(space, num_classes).madds(_canon(space, genes, xp), xp)
+
+
+def params(space: ss.SearchSpace, genes, num_classes: int = 1000, xp=np):
+    """Params of genotypes `[..., num_genes]` (exact int64 numpy, or float32 jnp)."""
+    return cost_tables(space, num_classes).params(_canon(space, genes, xp), xp)
+
+
+def _canon(space, genes, xp):
+    # Tables are indexed per slot, so skipped slots must sit at each stage's end.
+    g = space.canonicalize(genes)
+    return np.asarray(g) if xp is np else g
+
+
+def complexity_fn(space: ss.SearchSpace, names: tuple[str, ...], num_classes: int = 1000):
+    """A jittable `genes[n, num_genes] -> float32[n, len(names)]` in millions."""
+    tables = cost_tables(space, num_classes)
+    fns = {"madds": tables.madds, "params": tables.params}
+    unknown = [n for n in names if n not in fns]
+    if unknown:
+        raise ValueError(f"Unknown complexity objective(s) {unknown}; known: {sorted(fns)}.")
+
+    def fn(genes: jax.Array) -> jax.Array:
+        genes = space.canonicalize(genes)
+        return jnp.stack([fns[n](genes, jnp) / 1e6 for n in names], axis=-1)
+
+    return fn
