@@ -29,13 +29,14 @@ def _out_size(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
-def _block_cost(c_in: int, c_out: int, mid: int, k: int, f_in: int, stride: int,
-                se: bool) -> tuple[int, int]:
+def _block_cost(
+    c_in: int, c_out: int, mid: int, k: int, f_in: int, stride: int, se: bool
+) -> tuple[int, int]:
     """(madds, params) of one elastic inverted-bottleneck block."""
     f_out = _out_size(f_in, stride)
-    madds = f_in * f_in * c_in * mid            # inverted bottleneck 1x1
-    madds += f_out * f_out * k * k * mid        # depthwise
-    madds += f_out * f_out * mid * c_out        # point linear 1x1
+    madds = f_in * f_in * c_in * mid  # inverted bottleneck 1x1
+    madds += f_out * f_out * k * k * mid  # depthwise
+    madds += f_out * f_out * mid * c_out  # point linear 1x1
     params = c_in * mid + 2 * mid + k * k * mid + 2 * mid + mid * c_out + 2 * c_out
     if se:
         se_mid = ss.make_divisible(mid // 4, 8)
@@ -47,7 +48,11 @@ def _block_cost(c_in: int, c_out: int, mid: int, k: int, f_in: int, stride: int,
 def _stem_cost(ch: ss.Channels, resolution: int) -> tuple[int, int, int]:
     """(madds, params, feature size) of first conv + static first block."""
     f = _out_size(resolution, 2)
-    madds = f * f * 9 * 3 * ch.first + f * f * 9 * ch.first + f * f * ch.first * ch.first_block
+    madds = (
+        f * f * 9 * 3 * ch.first
+        + f * f * 9 * ch.first
+        + f * f * ch.first * ch.first_block
+    )
     params = 27 * ch.first + 2 * ch.first + 9 * ch.first + 2 * ch.first
     params += ch.first * ch.first_block + 2 * ch.first_block
     return madds, params, f
@@ -59,7 +64,9 @@ def _head_cost(ch: ss.Channels, f: int, num_classes: int) -> tuple[int, int]:
     madds = f * f * c_last * ch.final_expand + ch.final_expand * ch.feature_mix
     madds += ch.feature_mix * num_classes
     params = c_last * ch.final_expand + 2 * ch.final_expand
-    params += ch.final_expand * ch.feature_mix + ch.feature_mix * num_classes + num_classes
+    params += (
+        ch.final_expand * ch.feature_mix + ch.feature_mix * num_classes + num_classes
+    )
     return madds, params
 
 
@@ -72,8 +79,9 @@ def _stage_input_sizes(space: ss.SearchSpace, resolution: int) -> tuple[int, lis
     return f, sizes
 
 
-def count(space: ss.SearchSpace, arch: ss.Arch, num_classes: int = 1000
-          ) -> dict[str, int]:
+def count(
+    space: ss.SearchSpace, arch: ss.Arch, num_classes: int = 1000
+) -> dict[str, int]:
     """Exact {"madds", "params"} of one subnet (the layer-by-layer reference)."""
     arch.validate(space)
     ch = space.channels(arch.width)
@@ -84,7 +92,9 @@ def count(space: ss.SearchSpace, arch: ss.Arch, num_classes: int = 1000
             b = s * space.max_depth + j
             stride = space.net.stage_strides[s] if j == 0 else 1
             mid = space.mid_channels(c_in, arch.e[b])
-            m, p = _block_cost(c_in, c_out, mid, arch.ks[b], f, stride, space.net.stage_se[s])
+            m, p = _block_cost(
+                c_in, c_out, mid, arch.ks[b], f, stride, space.net.stage_se[s]
+            )
             madds, params = madds + m, params + p
             f, c_in = _out_size(f, stride), c_out
     m, p = _head_cost(ch, f, num_classes)
@@ -111,13 +121,18 @@ class CostTables:
 
     def params(self, genes, xp=np):
         """Params of genotypes `[..., num_genes]`; exact int64 with numpy."""
-        return self._total(genes, self.fixed_params, self.block_params, xp, by_res=False)
+        return self._total(
+            genes, self.fixed_params, self.block_params, xp, by_res=False
+        )
 
     def _total(self, genes, fixed, block, xp, by_res):
         if xp is np:
             genes = np.asarray(genes)
         else:  # jax.numpy: int32 tables would overflow for big nets; use float32.
-            fixed, block = jnp.asarray(fixed, jnp.float32), jnp.asarray(block, jnp.float32)
+            fixed, block = (
+                jnp.asarray(fixed, jnp.float32),
+                jnp.asarray(block, jnp.float32),
+            )
         res, wid, layers = genes[..., 0], genes[..., 1], genes[..., 2:]
         blocks = xp.arange(layers.shape[-1])
         if by_res:
@@ -129,8 +144,12 @@ class CostTables:
 @functools.lru_cache(maxsize=32)
 def cost_tables(space: ss.SearchSpace, num_classes: int = 1000) -> CostTables:
     """Builds (and caches) the lookup tables from the per-layer rule."""
-    n_res, n_w, nb, nops = len(space.resolutions), len(space.widths), space.num_blocks, \
-        space.num_ops
+    n_res, n_w, nb, nops = (
+        len(space.resolutions),
+        len(space.widths),
+        space.num_blocks,
+        space.num_ops,
+    )
     fixed_m = np.zeros((n_res, n_w), np.int64)
     fixed_p = np.zeros((n_w,), np.int64)
     block_m = np.zeros((n_res, n_w, nb, nops + 1), np.int64)
@@ -146,13 +165,24 @@ def cost_tables(space: ss.SearchSpace, num_classes: int = 1000) -> CostTables:
             for b in range(nb):
                 s, j = divmod(b, space.max_depth)
                 stride = space.net.stage_strides[s] if j == 0 else 1
-                f_in = sizes[s] if j == 0 else _out_size(sizes[s], space.net.stage_strides[s])
+                f_in = (
+                    sizes[s]
+                    if j == 0
+                    else _out_size(sizes[s], space.net.stage_strides[s])
+                )
                 for op in range(1, nops + 1):
                     k = space.kernels[(op - 1) % len(space.kernels)]
                     e = space.expands[(op - 1) // len(space.kernels)]
                     mid = space.mid_channels(c_ins[b], e)
-                    m, p = _block_cost(c_ins[b], space.channels(width).stages[s], mid, k,
-                                       f_in, stride, space.net.stage_se[s])
+                    m, p = _block_cost(
+                        c_ins[b],
+                        space.channels(width).stages[s],
+                        mid,
+                        k,
+                        f_in,
+                        stride,
+                        space.net.stage_se[s],
+                    )
                     block_m[ri, wi, b, op], block_p[wi, b, op] = m, p
     return CostTables(fixed_m, fixed_p, block_m, block_p)
 
@@ -173,13 +203,17 @@ def _canon(space, genes, xp):
     return np.asarray(g) if xp is np else g
 
 
-def complexity_fn(space: ss.SearchSpace, names: tuple[str, ...], num_classes: int = 1000):
+def complexity_fn(
+    space: ss.SearchSpace, names: tuple[str, ...], num_classes: int = 1000
+):
     """A jittable `genes[n, num_genes] -> float32[n, len(names)]` in millions."""
     tables = cost_tables(space, num_classes)
     fns = {"madds": tables.madds, "params": tables.params}
     unknown = [n for n in names if n not in fns]
     if unknown:
-        raise ValueError(f"Unknown complexity objective(s) {unknown}; known: {sorted(fns)}.")
+        raise ValueError(
+            f"Unknown complexity objective(s) {unknown}; known: {sorted(fns)}."
+        )
 
     def fn(genes: jax.Array) -> jax.Array:
         genes = space.canonicalize(genes)

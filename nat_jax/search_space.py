@@ -54,10 +54,14 @@ class NetSpec:
         n = len(self.stage_channels)
         for name in ("stage_strides", "stage_acts", "stage_se"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"NetSpec.{name} must have {n} entries (one per stage).")
+                raise ValueError(
+                    f"NetSpec.{name} must have {n} entries (one per stage)."
+                )
         bad = set(self.stage_acts) - {"relu", "h_swish"}
         if bad:
-            raise ValueError(f"Unknown activation(s) {sorted(bad)}; allowed: relu, h_swish.")
+            raise ValueError(
+                f"Unknown activation(s) {sorted(bad)}; allowed: relu, h_swish."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +95,9 @@ class SearchSpace:
         for name in ("kernels", "expands", "depths", "resolutions", "widths"):
             vals = getattr(self, name)
             if not vals or list(vals) != sorted(set(vals)):
-                raise ValueError(f"SearchSpace.{name} must be non-empty, sorted, unique.")
+                raise ValueError(
+                    f"SearchSpace.{name} must be non-empty, sorted, unique."
+                )
         if any(k % 2 == 0 for k in self.kernels):
             raise ValueError("Kernel sizes must be odd.")
         if self.depths[0] < 1:
@@ -157,7 +163,9 @@ class SearchSpace:
         for i, w in enumerate(self.widths):
             if abs(w - float(width)) < 1e-9:
                 return i
-        raise ValueError(f"Unknown width multiplier {width!r}; allowed: {list(self.widths)}.")
+        raise ValueError(
+            f"Unknown width multiplier {width!r}; allowed: {list(self.widths)}."
+        )
 
     def resolution_index(self, resolution: int) -> int:
         if int(resolution) != resolution or int(resolution) not in self.resolutions:
@@ -185,18 +193,20 @@ class SearchSpace:
         return np.array(up + [self.num_ops] * self.num_blocks, dtype=np.int32)
 
     # ------------------------------------------------------ genotype ops
-    def canonicalize(self, genes: jax.Array | np.ndarray) -> jax.Array:
+    def canonicalize(self, genes: jax.Array | np.ndarray) -> jax.Array | np.ndarray:
         """Move each stage's skipped slots (zeros) to its end, keeping order.
 
         Several genotypes decode to one network; this maps all of them to one.
-        Works on `[..., num_genes]` and under `jit`.
+        Works on `[..., num_genes]`; NumPy in gives NumPy out, otherwise jax.numpy
+        (usable under `jit`).
         """
-        genes = jnp.asarray(genes, jnp.int32)
+        xp = _xp(genes)
+        genes = xp.asarray(genes).astype(xp.int32)
         head, layers = genes[..., :2], genes[..., 2:]
         layers = layers.reshape(layers.shape[:-1] + (self.num_stages, self.max_depth))
-        order = jnp.argsort(layers == 0, axis=-1, stable=True)
-        layers = jnp.take_along_axis(layers, order, axis=-1)
-        return jnp.concatenate([head, layers.reshape(head.shape[:-1] + (-1,))], axis=-1)
+        order = xp.argsort(layers == 0, axis=-1, stable=True)
+        layers = xp.take_along_axis(layers, order, axis=-1)
+        return xp.concatenate([head, layers.reshape(head.shape[:-1] + (-1,))], axis=-1)
 
     def validate_genes(self, genes: Sequence[int] | np.ndarray) -> np.ndarray:
         """Check one genotype; returns it as int32 numpy or raises ValueError."""
@@ -244,23 +254,25 @@ class SearchSpace:
         genes = jnp.concatenate([head, layers], axis=-1).astype(jnp.int32)
         return self.canonicalize(genes)
 
-    def genes_to_arrays(self, genes: jax.Array) -> dict[str, jax.Array]:
+    def genes_to_arrays(self, genes: jax.Array | np.ndarray) -> dict[str, jax.Array]:
         """Traced form of (a batch of) genotypes: {"ks", "e", "d"}, int32.
 
         Inactive blocks get kernel 0 and expand 0. Resolution and width are
-        not included: they select shapes / weights and are static.
+        not included: they select shapes / weights and are static. NumPy in
+        gives NumPy out.
         """
+        xp = _xp(genes)
         genes = self.canonicalize(genes)
         layers = genes[..., 2:]
         active = layers > 0
-        op = jnp.maximum(layers - 1, 0)
-        ks = jnp.asarray(self.kernels, jnp.int32)[op % len(self.kernels)]
-        es = jnp.asarray(self.expands, jnp.int32)[op // len(self.kernels)]
+        op = xp.maximum(layers - 1, 0)
+        ks = xp.asarray(self.kernels, xp.int32)[op % len(self.kernels)]
+        es = xp.asarray(self.expands, xp.int32)[op // len(self.kernels)]
         d = active.reshape(active.shape[:-1] + (self.num_stages, self.max_depth)).sum(-1)
         return {
-            "ks": jnp.where(active, ks, 0),
-            "e": jnp.where(active, es, 0),
-            "d": d.astype(jnp.int32),
+            "ks": xp.where(active, ks, 0).astype(xp.int32),
+            "e": xp.where(active, es, 0).astype(xp.int32),
+            "d": d.astype(xp.int32),
         }
 
     # --------------------------------------------------- Arch conversions
@@ -271,14 +283,16 @@ class SearchSpace:
         for s in range(self.num_stages):
             for j in range(self.max_depth):
                 b = s * self.max_depth + j
-                layers.append(self.op_gene(arch.ks[b], arch.e[b]) if j < arch.d[s] else 0)
+                layers.append(
+                    self.op_gene(arch.ks[b], arch.e[b]) if j < arch.d[s] else 0
+                )
         head = [self.resolution_index(arch.resolution), self.width_index(arch.width)]
         return np.array(head + layers, dtype=np.int32)
 
     def decode(self, genes: Sequence[int] | np.ndarray) -> "Arch":
         """Arch of a genotype (any of its non-canonical forms)."""
-        g = np.asarray(self.canonicalize(self.validate_genes(genes)))
-        arrays = jax.tree.map(np.asarray, self.genes_to_arrays(g))
+        g = self.canonicalize(self.validate_genes(genes))
+        arrays = self.genes_to_arrays(g)
         return Arch(
             resolution=self.resolutions[int(g[0])],
             width=self.widths[int(g[1])],
@@ -287,19 +301,31 @@ class SearchSpace:
             d=tuple(int(v) for v in arrays["d"]),
         )
 
-    def min_arch(self, resolution: int | None = None, width: float | None = None) -> "Arch":
-        return self._uniform_arch(self.kernels[0], self.expands[0], self.depths[0],
-                                  resolution, width)
+    def min_arch(
+        self, resolution: int | None = None, width: float | None = None
+    ) -> "Arch":
+        return self._uniform_arch(
+            self.kernels[0], self.expands[0], self.depths[0], resolution, width
+        )
 
-    def max_arch(self, resolution: int | None = None, width: float | None = None) -> "Arch":
-        return self._uniform_arch(self.kernels[-1], self.expands[-1], self.depths[-1],
-                                  resolution, width)
+    def max_arch(
+        self, resolution: int | None = None, width: float | None = None
+    ) -> "Arch":
+        return self._uniform_arch(
+            self.kernels[-1], self.expands[-1], self.depths[-1], resolution, width
+        )
 
     def _uniform_arch(self, k, e, d, resolution, width) -> "Arch":
         resolution = self.resolutions[-1] if resolution is None else resolution
         width = self.widths[0] if width is None else width
-        return Arch.from_ofa([k] * self.num_blocks, [e] * self.num_blocks,
-                             [d] * self.num_stages, resolution, width, space=self)
+        return Arch.from_ofa(
+            [k] * self.num_blocks,
+            [e] * self.num_blocks,
+            [d] * self.num_stages,
+            resolution,
+            width,
+            space=self,
+        )
 
     @classmethod
     def tiny(cls) -> "SearchSpace":
@@ -347,8 +373,9 @@ class Arch:
         """From OFA's `set_active_subnet` lists: per-block ks/e, per-stage d."""
         d = _int_list(d, "d")
         if len(d) != space.num_stages:
-            raise ValueError(f"d must have {space.num_stages} entries (one per stage), "
-                             f"got {len(d)}.")
+            raise ValueError(
+                f"d must have {space.num_stages} entries (one per stage), got {len(d)}."
+            )
         for name, vals in (("ks", ks), ("e", e)):
             if len(vals) != space.num_blocks:
                 raise ValueError(
@@ -368,8 +395,9 @@ class Arch:
         return arch
 
     @classmethod
-    def from_nat_subnet(cls, cfg: Mapping[str, Any], space: SearchSpace = OFA_MBV3
-                        ) -> "Arch":
+    def from_nat_subnet(
+        cls, cfg: Mapping[str, Any], space: SearchSpace = OFA_MBV3
+    ) -> "Arch":
         """From NAT's `net.subnet` dict (compact or padded ks/e; keys r, w optional).
 
         Compact lists have one entry per active block (length sum(d)) and are
@@ -377,8 +405,9 @@ class Arch:
         """
         for key in ("ks", "e", "d"):
             if key not in cfg:
-                raise ValueError(f"net.subnet is missing key {key!r}; it needs ks, e, d"
-                                 f" (and r, w).")
+                raise ValueError(
+                    f"net.subnet is missing key {key!r}; it needs ks, e, d (and r, w)."
+                )
         d = _int_list(cfg["d"], "d")
         if len(d) != space.num_stages:
             raise ValueError(f"d must have {space.num_stages} entries, got {len(d)}.")
@@ -396,8 +425,8 @@ class Arch:
         pad_ks, pad_e, i = [], [], 0
         for depth in d:
             n = min(depth, space.max_depth)
-            pad_ks += ks[i:i + n] + [0] * (space.max_depth - n)
-            pad_e += e[i:i + n] + [0] * (space.max_depth - n)
+            pad_ks += ks[i : i + n] + [0] * (space.max_depth - n)
+            pad_e += e[i : i + n] + [0] * (space.max_depth - n)
             i += n
         return cls.from_ofa(pad_ks, pad_e, d, resolution, width, space)
 
@@ -407,34 +436,49 @@ class Arch:
         s = s.strip()
         n = 3 + space.num_blocks
         if len(s) != n or not s.isdigit():
-            raise ValueError(f"A NAT encoding is {n} digits (2 resolution, 1 width, "
-                             f"{space.num_blocks} layers); got {s!r}.")
+            raise ValueError(
+                f"A NAT encoding is {n} digits (2 resolution, 1 width, "
+                f"{space.num_blocks} layers); got {s!r}."
+            )
         genes = [int(s[0:2]), int(s[2])] + [int(c) for c in s[3:]]
         return space.decode(genes)
 
     @classmethod
-    def from_net_config(cls, cfg: Mapping[str, Any], space: SearchSpace = OFA_MBV3,
-                        resolution: int | None = None) -> "Arch":
+    def from_net_config(
+        cls,
+        cfg: Mapping[str, Any],
+        space: SearchSpace = OFA_MBV3,
+        resolution: int | None = None,
+    ) -> "Arch":
         """From an OFA-style `net.config` dict (MobileNetV3 with static blocks)."""
         try:
             blocks = cfg["blocks"][1:]
             width = cfg.get("width_mult")
             if width is None:
                 first = cfg["first_conv"]["out_channels"]
-                width = next(w for w in space.widths if space.channels(w).first == first)
+                width = next(
+                    w for w in space.widths if space.channels(w).first == first
+                )
             res = cfg.get("resolution", resolution)
             if res is None:
                 raise ValueError("net.config has no 'resolution'; pass the resolution.")
             chans = space.channels(width).stages
             ks, e, d = [], [], []
             for c_out in chans:
-                stage = [b["conv"] for b in blocks
-                         if b["conv"]["out_channels"] == c_out]
+                stage = [
+                    b["conv"] for b in blocks if b["conv"]["out_channels"] == c_out
+                ]
                 d.append(len(stage))
-                ks += [c["kernel_size"] for c in stage] + [0] * (space.max_depth - len(stage))
-                e += [c["expand_ratio"] for c in stage] + [0] * (space.max_depth - len(stage))
+                ks += [c["kernel_size"] for c in stage] + [0] * (
+                    space.max_depth - len(stage)
+                )
+                e += [c["expand_ratio"] for c in stage] + [0] * (
+                    space.max_depth - len(stage)
+                )
         except (KeyError, TypeError, StopIteration) as err:
-            raise ValueError(f"Not an OFA MobileNetV3 net.config of this space: {err!r}.")
+            raise ValueError(
+                f"Not an OFA MobileNetV3 net.config of this space: {err!r}."
+            )
         return cls.from_ofa(ks, e, d, res, width, space)
 
     # --------------------------------------------------------------- checks
@@ -442,23 +486,34 @@ class Arch:
         space.resolution_index(self.resolution)
         space.width_index(self.width)
         if len(self.d) != space.num_stages:
-            raise ValueError(f"d must have {space.num_stages} entries, got {len(self.d)}.")
+            raise ValueError(
+                f"d must have {space.num_stages} entries, got {len(self.d)}."
+            )
         for s, depth in enumerate(self.d):
             if depth not in space.depths:
-                raise ValueError(f"d[{s}] = {depth}; allowed depths: {list(space.depths)}.")
-        for name, vals, allowed in (("ks", self.ks, space.kernels),
-                                    ("e", self.e, space.expands)):
+                raise ValueError(
+                    f"d[{s}] = {depth}; allowed depths: {list(space.depths)}."
+                )
+        for name, vals, allowed in (
+            ("ks", self.ks, space.kernels),
+            ("e", self.e, space.expands),
+        ):
             if len(vals) != space.num_blocks:
-                raise ValueError(f"{name} must have {space.num_blocks} entries, "
-                                 f"got {len(vals)}.")
+                raise ValueError(
+                    f"{name} must have {space.num_blocks} entries, got {len(vals)}."
+                )
             for b, v in enumerate(vals):
                 s, j = divmod(b, space.max_depth)
                 if j < self.d[s] and v not in allowed:
-                    raise ValueError(f"{name}[{b}] (stage {s} block {j}) = {v}; allowed: "
-                                     f"{list(allowed)}.")
+                    raise ValueError(
+                        f"{name}[{b}] (stage {s} block {j}) = {v}; allowed: "
+                        f"{list(allowed)}."
+                    )
                 if j >= self.d[s] and v != 0:
-                    raise ValueError(f"{name}[{b}] belongs to a skipped block and must be 0"
-                                     f" (use Arch.from_ofa to canonicalise).")
+                    raise ValueError(
+                        f"{name}[{b}] belongs to a skipped block and must be 0"
+                        f" (use Arch.from_ofa to canonicalise)."
+                    )
         return self
 
     # ------------------------------------------------------------- exports
@@ -475,10 +530,15 @@ class Arch:
         ks, e = [], []
         for s, depth in enumerate(self.d):
             b = s * space.max_depth
-            ks += list(self.ks[b:b + depth])
-            e += list(self.e[b:b + depth])
-        return {"ks": ks, "e": e, "d": list(self.d), "r": self.resolution,
-                "w": self.width}
+            ks += list(self.ks[b : b + depth])
+            e += list(self.e[b : b + depth])
+        return {
+            "ks": ks,
+            "e": e,
+            "d": list(self.d),
+            "r": self.resolution,
+            "w": self.width,
+        }
 
     def to_encoding(self, space: SearchSpace = OFA_MBV3) -> str:
         g = space.encode(self)
@@ -496,6 +556,11 @@ class Arch:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
+
+
+def _xp(x):
+    """numpy for NumPy arrays and Python sequences, else jax.numpy."""
+    return np if isinstance(x, (np.ndarray, list, tuple)) else jnp
 
 
 def _int_list(vals: Sequence[Any], name: str) -> list[int]:
@@ -519,9 +584,11 @@ def parse_arch(text: str, space: SearchSpace = OFA_MBV3) -> Arch:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"Cannot parse architecture {text[:60]!r}: expected a NAT "
-                         f"encoding string, a JSON list of {space.num_genes} genes, or a "
-                         f"net.subnet/net.config JSON ({err.msg}).") from None
+        raise ValueError(
+            f"Cannot parse architecture {text[:60]!r}: expected a NAT "
+            f"encoding string, a JSON list of {space.num_genes} genes, or a "
+            f"net.subnet/net.config JSON ({err.msg})."
+        ) from None
     return arch_from_obj(obj, space)
 
 
@@ -534,6 +601,7 @@ def arch_from_obj(obj: Any, space: SearchSpace = OFA_MBV3) -> Arch:
     if "blocks" in obj:
         return Arch.from_net_config(obj, space)
     if "resolution" in obj and "ks" in obj:
-        return Arch.from_ofa(obj["ks"], obj["e"], obj["d"], obj["resolution"],
-                             obj["width"], space)
+        return Arch.from_ofa(
+            obj["ks"], obj["e"], obj["d"], obj["resolution"], obj["width"], space
+        )
     return Arch.from_nat_subnet(obj, space)
