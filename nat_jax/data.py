@@ -1,0 +1,350 @@
+"""Datasets of NAT: registry, split protocol and loading (no TensorFlow needed).
+
+`get_spec(name)` returns a `DatasetSpec`; `load(spec_or_name_or_folder)` returns
+a `Dataset` whose `train`/`val`/`test` are `Split`s (index views over a source).
+NAT's protocol: validation = 20% of the training split held out with a fixed
+seed (`split_seed`, default 0, independent of the training seed); the test split
+is only for final reports. Batching lives in `nat_jax.pipeline`.
+
+Sources: the embedded `fashion_mnist_mini` (in the package), tfds datasets
+prepared in array_record format (read with `tfds.data_source`, no TensorFlow),
+and image folders `ROOT/{train,test}/CLASS/IMAGE`. `load` never downloads: when
+data is missing it raises `DataNotFoundError` (one line, naming the command
+that prepares it) within a fraction of a second.
+"""
+
+import dataclasses
+import functools
+import os
+import warnings
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+ASSETS = os.path.join(os.path.dirname(__file__), "assets")
+EMBEDDED = "fashion_mnist_mini"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp", ".tif")
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Prepared data is missing; the message says how to prepare it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """A dataset and NAT's split protocol.
+
+    Attributes:
+      name: registry name (or the folder path of a custom dataset).
+      kind: "tfds", "folder" or "embedded".
+      num_classes: number of classes (None: counted from a custom folder).
+      tfds_name: tfds builder name (kind "tfds").
+      train_splits: source splits concatenated into NAT's training split.
+      test_splits: source splits concatenated into the test split.
+      folder: root of an image-folder dataset; None means DATA_DIR/name.
+      val_fraction: fraction of the training split held out for validation.
+      split_seed: seed of the train/validation partition.
+      paper_sizes: (train, test) sizes in NAT's Table 1, for reference.
+    """
+
+    name: str
+    kind: str
+    num_classes: int | None
+    tfds_name: str | None = None
+    train_splits: tuple[str, ...] = ("train",)
+    test_splits: tuple[str, ...] = ("test",)
+    folder: str | None = None
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    paper_sizes: tuple[int, int] | None = None
+
+    def prepare_command(self, data_dir: str | None = None) -> str:
+        """The shell command that prepares this dataset."""
+        flag = f" --data_dir={data_dir}" if data_dir else ""
+        cmd = f"python -m experiments.prepare_data --dataset={self.name}{flag}"
+        if self.kind == "folder":
+            cmd += " --source=PATH_TO_DOWNLOADED_ARCHIVE_OR_FOLDER"
+        return cmd
+
+
+def _tfds(name, classes, train=("train",), test=("test",), sizes=None):
+    return DatasetSpec(name, "tfds", classes, name, train, test, paper_sizes=sizes)
+
+
+REGISTRY: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in (
+        DatasetSpec(EMBEDDED, "embedded", 10, paper_sizes=None),
+        _tfds("imagenet2012", 1000, test=("validation",), sizes=(1281167, 50000)),
+        _tfds("cifar10", 10, sizes=(50000, 10000)),
+        _tfds("cifar100", 100, sizes=(50000, 10000)),
+        _tfds("stl10", 10, sizes=(5000, 8000)),
+        _tfds("food101", 101, test=("validation",), sizes=(75750, 25250)),
+        _tfds("cars196", 196, sizes=(8144, 8041)),
+        _tfds("dtd", 47, train=("train", "validation"), sizes=(3760, 1880)),
+        _tfds("oxford_flowers102", 102, ("train", "validation"), sizes=(2040, 6149)),
+        _tfds("oxford_iiit_pet", 37, sizes=(3680, 3669)),
+        DatasetSpec("fgvc_aircraft", "folder", 100, paper_sizes=(6667, 3333)),
+        DatasetSpec("cinic10", "folder", 10, paper_sizes=(90000, 90000)),
+    )
+}
+DATASET_NAMES = tuple(REGISTRY)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """Registered dataset by name, or a custom image folder given by its path.
+
+    Raises:
+      ValueError: unknown name that is not an existing folder.
+    """
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if os.path.isdir(name):
+        return DatasetSpec(os.path.abspath(name), "folder", None, folder=name)
+    raise ValueError(
+        f"Unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)} "
+        "(or the path of a folder with train/CLASS/IMAGE files)."
+    )
+
+
+def default_data_dir() -> str:
+    """$TFDS_DATA_DIR, else ~/tensorflow_datasets (tfds's default)."""
+    default = os.path.expanduser("~/tensorflow_datasets")
+    return os.environ.get("TFDS_DATA_DIR") or default
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class ArraySource:
+    """In-memory uint8 images [N, H, W, C] and int labels [N]."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels.astype(np.int32)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def read(self, idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        return list(self.images[idx]), self.labels[idx]
+
+
+class TfdsSource:
+    """A tfds array_record data source (one or more concatenated splits)."""
+
+    def __init__(self, sources: Sequence, image_key="image", label_key="label"):
+        self.sources = list(sources)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.sources])
+        self.image_key, self.label_key = image_key, label_key
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def read(self, idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        images, labels = [], []
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        for i, s in zip(idx, which):
+            ex = self.sources[s][int(i - self.offsets[s])]
+            img = np.asarray(ex[self.image_key], np.uint8)
+            images.append(img[..., None] if img.ndim == 2 else img)
+            labels.append(int(ex[self.label_key]))
+        return images, np.asarray(labels, np.int32)
+
+
+class FolderSource:
+    """Image files with integer labels, decoded with PIL on every read."""
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int]):
+        self.paths, self.labels = list(paths), np.asarray(labels, np.int32)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def read(self, idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        return [decode_image(self.paths[i]) for i in idx], self.labels[idx]
+
+
+def decode_image(path: str) -> np.ndarray:
+    """uint8[H, W, 1|3] pixels of an image file; ValueError naming a bad file."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if im.mode in ("1", "L", "I;16", "I") else "RGB")
+            arr = np.asarray(im)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"Cannot decode image file {path}: {e}") from None
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A view `source[indices]`; `read(positions)` returns images and labels."""
+
+    name: str
+    source: object
+    indices: np.ndarray
+
+    def __len__(self):
+        return len(self.indices)
+
+    def read(self, positions: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """B uint8 images [H, W, C] (C = 1 or 3) and int32[B] labels."""
+        return self.source.read(self.indices[np.asarray(positions)])
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """int32[len] labels when the source knows them without decoding."""
+        labels = getattr(self.source, "labels", None)
+        return None if labels is None else labels[self.indices]
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """NAT splits of one dataset. `test` is None for a folder without test/."""
+
+    spec: DatasetSpec
+    class_names: tuple[str, ...]
+    train: Split
+    val: Split
+    test: Split | None
+    skipped_files: tuple[str, ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) positions: a seeded random `fraction` of range(n) is val."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {fraction}.")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * fraction))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def load(
+    spec: DatasetSpec | str, data_dir: str | None = None, split_seed: int | None = None
+) -> Dataset:
+    """Loads prepared data (never downloads) and applies NAT's split protocol.
+
+    Args:
+      spec: a DatasetSpec, a registered name, or the path of an image folder.
+      data_dir: where prepared data lives (default `default_data_dir()`).
+      split_seed: overrides `spec.split_seed` (train/validation partition).
+
+    Raises:
+      DataNotFoundError: the data is not prepared; the message names the command.
+      ValueError: unknown name, or inconsistent folder contents.
+    """
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    if spec.kind == "embedded":
+        source, test, names, skipped = _load_embedded()
+    elif spec.kind == "tfds":
+        source, test, names, skipped = _load_tfds(spec, data_dir or default_data_dir())
+    elif spec.kind == "folder":
+        root = spec.folder or os.path.join(data_dir or default_data_dir(), spec.name)
+        source, test, names, skipped = _load_folder(spec, root, data_dir)
+    else:
+        raise ValueError(f"Unknown kind {spec.kind!r}; use embedded, tfds or folder.")
+    if spec.num_classes is not None and len(names) != spec.num_classes:
+        raise ValueError(
+            f"{spec.name}: found {len(names)} classes, expected {spec.num_classes}."
+        )
+    seed = spec.split_seed if split_seed is None else split_seed
+    tr, va = holdout(len(source), spec.val_fraction, seed)
+    return Dataset(
+        spec, tuple(names), Split("train", source, tr), Split("val", source, va),
+        None if test is None else Split("test", test, np.arange(len(test))),
+        tuple(skipped),
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _load_embedded():
+    with np.load(os.path.join(ASSETS, f"{EMBEDDED}.npz")) as d:
+        train = ArraySource(d["train_images"], d["train_labels"])
+        test = ArraySource(d["test_images"], d["test_labels"])
+        names = [str(n) for n in d["class_names"]]
+    return train, test, names, []
+
+
+def _tfds_is_prepared(builder) -> bool:
+    return builder.is_prepared()
+
+
+def _load_tfds(spec: DatasetSpec, data_dir: str):
+    import tensorflow_datasets as tfds  # deferred: ~0.3 s import
+
+    hint = f"prepare it with: {spec.prepare_command(data_dir)}"
+    try:
+        builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
+    except Exception as e:  # noqa: BLE001 - tfds raises many kinds here
+        raise DataNotFoundError(f"{spec.name}: cannot open tfds builder ({e}); {hint}")
+    if not _tfds_is_prepared(builder):
+        raise DataNotFoundError(
+            f"{spec.name}: no prepared tfds data under {data_dir}; {hint}"
+        )
+    fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
+    if fmt not in (None, "array_record"):
+        raise DataNotFoundError(
+            f"{spec.name}: prepared as {fmt}, but reading needs array_record; "
+            f"re-{hint}"
+        )
+    load_split = functools.partial(
+        tfds.data_source, spec.tfds_name, data_dir=data_dir, download=False
+    )
+    train = TfdsSource([load_split(split=s) for s in spec.train_splits])
+    test = TfdsSource([load_split(split=s) for s in spec.test_splits])
+    names = list(builder.info.features["label"].names)
+    return train, test, names, []
+
+
+def _scan_folder(root: str, class_names: Sequence[str] | None):
+    """(paths, labels, class_names, skipped) of ROOT/CLASS/IMAGE files."""
+    found = sorted(
+        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+    )
+    names = list(class_names) if class_names is not None else found
+    unknown = sorted(set(found) - set(names))
+    if unknown:
+        raise ValueError(f"{root}: classes {unknown} are not in the training classes.")
+    paths, labels, skipped = [], [], []
+    for label, name in enumerate(names):
+        cdir = os.path.join(root, name)
+        if not os.path.isdir(cdir):
+            continue
+        for f in sorted(os.listdir(cdir)):
+            path = os.path.join(cdir, f)
+            if f.startswith(".") or not f.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            try:  # header only: cheap; truncated pixels fail later, naming the file
+                with Image.open(path) as im:
+                    im.verify()
+            except Exception as e:  # noqa: BLE001 - PIL raises many types
+                warnings.warn(f"Skipping unreadable image {path}: {e}")
+                skipped.append(path)
+                continue
+            paths.append(path)
+            labels.append(label)
+    return paths, labels, names, skipped
+
+
+def _load_folder(spec: DatasetSpec, root: str, data_dir: str | None):
+    if not os.path.isdir(root):
+        raise DataNotFoundError(
+            f"{spec.name}: no folder {root}; prepare it with: "
+            f"{spec.prepare_command(data_dir)}"
+        )
+    train_root = os.path.join(root, "train")
+    if not os.path.isdir(train_root):
+        train_root = root  # ROOT/CLASS/IMAGE: training data only
+    paths, labels, names, skipped = _scan_folder(train_root, None)
+    if not paths:
+        raise DataNotFoundError(f"{spec.name}: no image files under {train_root}.")
+    test = None
+    test_root = os.path.join(root, "test")
+    if train_root != root and os.path.isdir(test_root):
+        t_paths, t_labels, _, t_skipped = _scan_folder(test_root, names)
+        test, skipped = FolderSource(t_paths, t_labels), skipped + t_skipped
+    return FolderSource(paths, labels), test, names, skipped
