@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -203,20 +205,55 @@ def _canon(space, genes, xp):
     return np.asarray(g) if xp is np else g
 
 
-def complexity_fn(
-    space: ss.SearchSpace, names: tuple[str, ...], num_classes: int = 1000
-):
-    """A jittable `genes[n, num_genes] -> float32[n, len(names)]` in millions."""
-    tables = cost_tables(space, num_classes)
-    fns = {"madds": tables.madds, "params": tables.params}
-    unknown = [n for n in names if n not in fns]
-    if unknown:
-        raise ValueError(
-            f"Unknown complexity objective(s) {unknown}; known: {sorted(fns)}."
-        )
+# ------------------------------------------------------------------ registry
+# A factory takes (space, num_classes) and returns a jittable
+# `genes int32[n, num_genes] -> float32[n]` (minimised).
+_FACTORIES: dict[str, Callable] = {}
+
+
+def register(name: str, factory: Callable) -> None:
+    """Makes objective `name` available to `complexity_fn` and the entry points."""
+    _FACTORIES[name] = factory
+
+
+register("madds", lambda space, nc: (
+    lambda g: cost_tables(space, nc).madds(space.canonicalize(g), jnp) / 1e6))
+register("params", lambda space, nc: (
+    lambda g: cost_tables(space, nc).params(space.canonicalize(g), jnp) / 1e6))
+
+
+def known_objectives() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def _resolve_one(name: str, space: ss.SearchSpace, num_classes: int) -> Callable:
+    if name in _FACTORIES:
+        return _FACTORIES[name](space, num_classes)
+    if ":" in name:  # a user function "package.module:function"
+        module, _, attr = name.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"Cannot import objective {name!r}: {err}.") from None
+        return fn
+    raise ValueError(
+        f"Unknown objective {name!r}; known: {known_objectives()} (plus top1_error, "
+        f"and user functions given as 'package.module:function')."
+    )
+
+
+def complexity_fn(space: ss.SearchSpace, names: Sequence[str], num_classes: int = 1000):
+    """A jittable `genes[n, num_genes] -> float32[n, len(names)]`.
+
+    Built-in names: "madds" and "params" (in millions, exact under OFA's rule),
+    plus anything added with `register` (e.g. a latency lookup table). A name
+    "package.module:function" imports a user function of the same signature.
+    """
+    fns = [_resolve_one(n, space, num_classes) for n in names]
 
     def fn(genes: jax.Array) -> jax.Array:
-        genes = space.canonicalize(genes)
-        return jnp.stack([fns[n](genes, jnp) / 1e6 for n in names], axis=-1)
+        genes = jnp.asarray(genes, jnp.int32)
+        cols = [jnp.asarray(f(genes), jnp.float32).reshape(genes.shape[:-1]) for f in fns]
+        return jnp.stack(cols, axis=-1)
 
     return fn

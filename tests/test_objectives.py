@@ -88,7 +88,7 @@ def test_jittable_complexity_fn_matches_exact_counts():
     exact = np.stack([ob.madds(S, np.asarray(genes), 100),
                       ob.params(S, np.asarray(genes), 100)], -1) / 1e6
     np.testing.assert_allclose(out, exact, rtol=1e-6)
-    with pytest.raises(ValueError, match="Unknown complexity objective.*madds"):
+    with pytest.raises(ValueError, match="Unknown objective .flops.*madds"):
         ob.complexity_fn(S, ("flops",))
 
 
@@ -99,3 +99,17 @@ def test_madds_grow_with_resolution_and_classes():
     assert ob.count(S, a)["params"] == ob.count(S, b)["params"]
     delta = ob.count(S, a, 1000)["params"] - ob.count(S, a, 10)["params"]
     assert delta == 990 * (1280 + 1)
+
+
+def user_objective(genes):
+    """A user objective for the registry test: number of active blocks."""
+    return (genes[:, 2:] > 0).sum(-1)
+
+
+def test_user_function_objective_by_import_path():
+    genes = S.sample(jax.random.key(3), 16)
+    fn = ob.complexity_fn(S, ("params", "tests.test_objectives:user_objective"))
+    out = np.asarray(jax.jit(fn)(genes))
+    np.testing.assert_array_equal(out[:, 1], (np.asarray(genes)[:, 2:] > 0).sum(-1))
+    with pytest.raises(ValueError, match="Cannot import objective"):
+        ob.complexity_fn(S, ("tests.test_objectives:nope",))
