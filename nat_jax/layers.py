@@ -1,0 +1,199 @@
+"""Masked elastic layers of the OFA MobileNetV3 supernet (Flax Linen).
+
+Everything that selects a subnet is traced data: a kernel size, an active
+channel count or a block gate never changes a shape, so one compiled program
+serves every subnet of a resolution.
+
+* `masked_batch_norm`-style `MaskedBatchNorm`: PyTorch BatchNorm semantics
+  (eps 1e-5, momentum 0.1: `new = 0.9 old + 0.1 batch`, unbiased batch
+  variance in the running estimate, biased variance to normalise) where only
+  the channels in `mask` update their running statistics. Flax's
+  `BatchNorm(mask=...)` masks positions, not channels.
+* `ElasticDepthwise`: OFA's kernel transform (7x7 raw, 5x5 = M_7to5 @ centre
+  of the 7x7, 3x3 = M_5to3 @ centre of the transformed 5x5), zero-padded into
+  the largest kernel and run with symmetric `k // 2` padding.
+* `depthwise_conv`: "conv" (XLA grouped convolution) or "shift" (shift and
+  add over kernel taps; about 10x faster on XLA:CPU).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+DEPTHWISE_IMPLS = ("conv", "shift")
+BN_MODES = ("eval", "train", "collect")
+
+# OFA's init: conv kaiming normal with fan_out (k*k*out), linear U(+-1/sqrt(in)).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def linear_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    bound = 1.0 / jnp.sqrt(shape[0])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name == "relu":
+        return jax.nn.relu
+    if name == "h_swish":
+        return jax.nn.hard_swish
+    raise ValueError(f"Unknown activation {name!r}; allowed: relu, h_swish.")
+
+
+def default_depthwise_impl() -> str:
+    """Shift-and-add on CPU (measured ~10x faster there), grouped conv elsewhere."""
+    return "shift" if jax.default_backend() == "cpu" else "conv"
+
+
+def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """1x1 convolution. x: [N, H, W, C_in], kernel: [1, 1, C_in, C_out]."""
+    return jnp.matmul(x, kernel[0, 0])
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """Dense conv with symmetric k//2 padding (PyTorch's, not "SAME"). HWIO kernel."""
+    p = kernel.shape[0] // 2
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((p, p), (p, p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, impl: str
+                   ) -> jax.Array:
+    """Depthwise conv, symmetric k//2 padding.
+
+    Args:
+      x: [N, H, W, C].
+      kernel: [k, k, 1, C] (HWIO with one input channel per group).
+      stride: 1 or 2.
+      impl: "conv" (grouped XLA convolution) or "shift" (sum of k*k shifted,
+        strided slices times per-channel taps).
+
+    Returns:
+      [N, (H - 1) // stride + 1, (W - 1) // stride + 1, C].
+    """
+    k = kernel.shape[0]
+    p = k // 2
+    if impl == "conv":
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), ((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1])
+    if impl != "shift":
+        raise ValueError(f"Unknown depthwise_impl {impl!r}; allowed: {DEPTHWISE_IMPLS}.")
+    n, h, w, c = x.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    out = None
+    for i in range(k):
+        for j in range(k):
+            tap = jax.lax.slice(
+                xp, (0, i, j, 0),
+                (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                (1, stride, stride, 1))
+            term = tap * kernel[i, j, 0]
+            out = term if out is None else out + term
+    return out
+
+
+def channel_mask(active: jax.Array, size: int) -> jax.Array:
+    """bool[size]: the first `active` channels."""
+    return jnp.arange(size) < active
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over NHWC channels whose running stats update only where `mask`.
+
+    Modes: "eval" (running stats), "train" (batch stats; running stats of
+    masked-in channels get `0.9 old + 0.1 batch`, unbiased variance),
+    "collect" (batch stats, running stats untouched; the batch mean, biased
+    variance and mask are stored in the "bn_stats" collection for OFA-style
+    re-calibration).
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, mode: str = "eval"
+                 ) -> jax.Array:
+        if mode not in BN_MODES:
+            raise ValueError(f"Unknown BN mode {mode!r}; allowed: {BN_MODES}.")
+        scale = self.param("scale", nn.initializers.ones, (self.features,))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,))
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
+        if mode == "eval":
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            mean = jnp.mean(x, axis=(0, 1, 2))
+            var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+            if mode == "train" and not self.is_initializing():
+                n = x.shape[0] * x.shape[1] * x.shape[2]
+                unbiased = var * (n / max(n - 1, 1))
+                m = BN_MOMENTUM
+                ra_mean.value = jnp.where(
+                    mask, (1 - m) * ra_mean.value + m * mean, ra_mean.value)
+                ra_var.value = jnp.where(
+                    mask, (1 - m) * ra_var.value + m * unbiased, ra_var.value)
+            elif mode == "collect":
+                self.put_variable("bn_stats", "mean", mean)
+                self.put_variable("bn_stats", "var", var)
+                self.put_variable("bn_stats", "mask", mask)
+        inv = jax.lax.rsqrt(var + BN_EPS) * scale
+        return (x - mean) * inv + bias
+
+
+def transformed_kernels(kernel: jax.Array, matrices: dict[str, jax.Array],
+                        kernels: Sequence[int]) -> dict[int, jax.Array]:
+    """OFA's kernel transform of a [kmax, kmax, 1, C] depthwise kernel.
+
+    The largest kernel is used raw; each smaller size is the centre of the
+    next larger (already transformed) kernel, flattened row-major to k*k,
+    multiplied by that pair's matrix `m{big}to{small}` (PyTorch's
+    `F.linear(filter, M)`, i.e. `M @ flat` here).
+
+    Returns:
+      {k: [k, k, 1, C]} for every k in `kernels`.
+    """
+    ks = sorted(kernels)
+    out = {ks[-1]: kernel}
+    cur = kernel
+    for big, small in zip(ks[::-1][:-1], ks[::-1][1:]):
+        s = (big - small) // 2
+        centre = cur[s:s + small, s:s + small, 0, :]
+        c = centre.shape[-1]
+        flat = centre.reshape(small * small, c)
+        cur = (matrices[f"m{big}to{small}"] @ flat).reshape(small, small, 1, c)
+        out[small] = cur
+    return out
+
+
+class ElasticDepthwise(nn.Module):
+    """Depthwise conv whose kernel size (traced scalar `k`) is elastic."""
+
+    features: int
+    kernels: Sequence[int]
+    stride: int
+    impl: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array, k: jax.Array) -> jax.Array:
+        ks = sorted(self.kernels)
+        kmax = ks[-1]
+        kernel = self.param("kernel", conv_init, (kmax, kmax, 1, self.features))
+        mats = {}
+        for big, small in zip(ks[::-1][:-1], ks[::-1][1:]):
+            name = f"m{big}to{small}"
+            mats[name] = self.param(name, lambda _, n: jnp.eye(n), small * small)
+        eff = jnp.zeros_like(kernel)
+        for size, kern in transformed_kernels(kernel, mats, ks).items():
+            p = (kmax - size) // 2
+            padded = jnp.pad(kern, ((p, p), (p, p), (0, 0), (0, 0)))
+            eff = jnp.where(k == size, padded, eff)
+        return depthwise_conv(x, eff, self.stride, self.impl)

@@ -1,0 +1,333 @@
+"""The masked OFA MobileNetV3 supernet (Flax Linen).
+
+One module holds the largest network of a `SearchSpace`; the subnet is traced
+data (`arch_arrays = {"ks", "e", "d"}`, int32, see `Arch.as_arrays`), so one
+compiled program per input resolution serves every subnet:
+
+    model, variables = init_supernet(OFA_MBV3, 1.0, 1000, key)
+    logits, upd = model.apply(variables, images_nhwc, arch.as_arrays(),
+                              train=True, rngs={"dropout": key},
+                              mutable=["batch_stats"])
+
+Elastic kernel: OFA's transform matrices, zero-padded into the largest kernel.
+Elastic expand: the first `make_divisible(round(C_in * e), 8)` mid channels
+are kept, the rest are zeroed; the SE mid follows the active expand. Elastic
+depth: block j of a stage runs iff j < d, as `where(g, x + f(x), x)`; a skipped
+block's BatchNorms see `mask = False` and keep their running statistics, as do
+inactive channels.
+
+`recalibrate_bn` re-estimates one subnet's BatchNorm statistics as OFA's
+`set_running_statistics` does; `predict` gives eval-mode logits.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nat_jax import layers
+from nat_jax import search_space as ss
+
+
+def _select(value: jax.Array, choices: tuple[int, ...], table: tuple[int, ...]
+            ) -> jax.Array:
+    """table[i] where choices[i] == value (table[0] when none matches)."""
+    out = jnp.asarray(table[0], jnp.int32)
+    for c, t in zip(choices, table):
+        out = jnp.where(value == c, jnp.int32(t), out)
+    return out
+
+
+class ElasticBlock(nn.Module):
+    """Inverted bottleneck with elastic kernel and expand (no residual here)."""
+
+    c_in: int
+    c_out: int
+    stride: int
+    act: str
+    use_se: bool
+    kernels: tuple[int, ...]
+    expands: tuple[int, ...]
+    impl: str
+
+    @nn.compact
+    def __call__(self, x, k, e, gate, mode):
+        act = layers.activation(self.act)
+        mids = tuple(ss.make_divisible(round(self.c_in * v), 8) for v in self.expands)
+        mid_max = max(mids)
+        mid = _select(e, self.expands, mids)
+        mmask = layers.channel_mask(mid, mid_max)
+        bn_mask = mmask & gate
+        w = self.param("expand_kernel", layers.conv_init, (1, 1, self.c_in, mid_max))
+        h = layers.pointwise(x, w)
+        h = act(layers.MaskedBatchNorm(mid_max, name="expand_bn")(h, bn_mask, mode))
+        h = jnp.where(mmask, h, 0.0)
+        h = layers.ElasticDepthwise(mid_max, self.kernels, self.stride, self.impl,
+                                    name="depthwise")(h, k)
+        h = act(layers.MaskedBatchNorm(mid_max, name="depthwise_bn")(h, bn_mask, mode))
+        h = jnp.where(mmask, h, 0.0)
+        if self.use_se:
+            se_mids = tuple(ss.make_divisible(m // 4, 8) for m in mids)
+            se_max = ss.make_divisible(mid_max // 4, 8)
+            se_mask = layers.channel_mask(_select(e, self.expands, se_mids), se_max)
+            wr = self.param("se_reduce_kernel", layers.conv_init, (1, 1, mid_max, se_max))
+            br = self.param("se_reduce_bias", nn.initializers.zeros, (se_max,))
+            we = self.param("se_expand_kernel", layers.conv_init, (1, 1, se_max, mid_max))
+            be = self.param("se_expand_bias", nn.initializers.zeros, (mid_max,))
+            s = jnp.mean(h, axis=(1, 2))
+            s = jnp.where(se_mask, jax.nn.relu(s @ wr[0, 0] + br), 0.0)
+            s = jax.nn.hard_sigmoid(s @ we[0, 0] + be)
+            h = h * s[:, None, None, :]
+        wp = self.param("project_kernel", layers.conv_init, (1, 1, mid_max, self.c_out))
+        h = layers.pointwise(h, wp)
+        full = jnp.ones((self.c_out,), bool) & gate
+        return layers.MaskedBatchNorm(self.c_out, name="project_bn")(h, full, mode)
+
+
+class Supernet(nn.Module):
+    """Masked OFA MobileNetV3 supernet of `space` at width multiplier `width`.
+
+    Attributes:
+      space: the search space (stages, kernels, expands, depths, channels).
+      width: width multiplier, one of `space.widths`.
+      num_classes: classifier outputs.
+      dropout_rate: dropout before the classifier (OFA's default 0.1).
+      depthwise_impl: "conv" | "shift" | None (None: per backend, see
+        `layers.default_depthwise_impl`).
+    """
+
+    space: ss.SearchSpace
+    width: float
+    num_classes: int
+    dropout_rate: float = 0.1
+    depthwise_impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, arch: dict[str, jax.Array], train: bool = False,
+                 bn_mode: str | None = None) -> jax.Array:
+        """Logits of the subnet `arch`.
+
+        Args:
+          x: float32[N, R, R, 3] images (NHWC).
+          arch: {"ks": int32[num_blocks], "e": int32[num_blocks],
+            "d": int32[num_stages]}.
+          train: batch-stat BN with running-stat updates (active channels of
+            active blocks only) and dropout (needs rngs={"dropout": key}).
+          bn_mode: override the BN mode ("eval" | "train" | "collect").
+
+        Returns:
+          float32[N, num_classes].
+        """
+        sp = self.space
+        ch = sp.channels(self.width)
+        impl = self.depthwise_impl or layers.default_depthwise_impl()
+        mode = bn_mode or ("train" if train else "eval")
+        yes = jnp.ones((), bool)
+
+        def full(c):
+            return jnp.ones((c,), bool)
+
+        w = self.param("first_conv", layers.conv_init, (3, 3, 3, ch.first))
+        x = layers.conv2d(x, w, 2)
+        x = layers.MaskedBatchNorm(ch.first, name="first_bn")(x, full(ch.first), mode)
+        x = jax.nn.hard_swish(x)
+        # blocks.0: static dw3x3 -> BN -> relu -> pw -> BN (+ identity if same width)
+        w = self.param("first_block_dw", layers.conv_init, (3, 3, 1, ch.first))
+        h = layers.depthwise_conv(x, w, 1, impl)
+        h = layers.MaskedBatchNorm(ch.first, name="first_block_dw_bn")(
+            h, full(ch.first), mode)
+        h = jax.nn.relu(h)
+        w = self.param("first_block_pw", layers.conv_init,
+                       (1, 1, ch.first, ch.first_block))
+        h = layers.pointwise(h, w)
+        h = layers.MaskedBatchNorm(ch.first_block, name="first_block_pw_bn")(
+            h, full(ch.first_block), mode)
+        x = x + h if ch.first == ch.first_block else h
+
+        c_in = ch.first_block
+        for s, c_out in enumerate(ch.stages):
+            for j in range(sp.max_depth):
+                b = s * sp.max_depth + j
+                gate = yes if j < sp.min_depth else (j < arch["d"][s])
+                block = ElasticBlock(
+                    c_in=c_in, c_out=c_out,
+                    stride=sp.net.stage_strides[s] if j == 0 else 1,
+                    act=sp.net.stage_acts[s], use_se=sp.net.stage_se[s],
+                    kernels=sp.kernels, expands=sp.expands, impl=impl,
+                    name=f"block_{b + 1}")
+                y = block(x, arch["ks"][b], arch["e"][b], gate, mode)
+                if j == 0:
+                    x = y
+                else:
+                    x = jnp.where(gate, x + y, x)
+                c_in = c_out
+
+        w = self.param("final_expand", layers.conv_init, (1, 1, c_in, ch.final_expand))
+        x = layers.pointwise(x, w)
+        x = layers.MaskedBatchNorm(ch.final_expand, name="final_expand_bn")(
+            x, full(ch.final_expand), mode)
+        x = jax.nn.hard_swish(x)
+        x = jnp.mean(x, axis=(1, 2))
+        w = self.param("feature_mix", layers.conv_init,
+                       (1, 1, ch.final_expand, ch.feature_mix))
+        x = jax.nn.hard_swish(x @ w[0, 0])
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        w = self.param("classifier_kernel", layers.linear_init,
+                       (ch.feature_mix, self.num_classes))
+        b = self.param("classifier_bias", nn.initializers.zeros, (self.num_classes,))
+        return x @ w + b
+
+
+def init_supernet(space: ss.SearchSpace, width: float, num_classes: int,
+                  key: jax.Array, resolution: int | None = None,
+                  **kwargs) -> tuple[Supernet, dict]:
+    """A fresh supernet and its variables {"params", "batch_stats"}.
+
+    Args:
+      space: search space; width: one of `space.widths`.
+      num_classes: classifier size (> 0).
+      key: PRNG key for the weights.
+      resolution: input size used to trace init (default: smallest of space).
+      **kwargs: further `Supernet` fields (dropout_rate, depthwise_impl).
+    """
+    space.width_index(width)
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}.")
+    impl = kwargs.get("depthwise_impl")
+    if impl is not None and impl not in layers.DEPTHWISE_IMPLS:
+        raise ValueError(f"Unknown depthwise_impl {impl!r}; allowed: "
+                         f"{layers.DEPTHWISE_IMPLS} or None.")
+    model = Supernet(space, float(width), int(num_classes), **kwargs)
+    r = resolution or space.resolutions[0]
+    arch = space.max_arch(width=width).as_arrays()
+    x = jnp.zeros((1, r, r, 3), jnp.float32)
+    variables = jax.jit(lambda k: model.init(k, x, arch))(key)
+    return model, dict(variables)
+
+
+def init_classifier(model: Supernet, key: jax.Array) -> dict:
+    """Fresh {"classifier_kernel", "classifier_bias"} params (OFA's linear init)."""
+    fm = model.space.channels(model.width).feature_mix
+    return {
+        "classifier_kernel": layers.linear_init(key, (fm, model.num_classes)),
+        "classifier_bias": jnp.zeros((model.num_classes,), jnp.float32),
+    }
+
+
+def variable_shapes(model: Supernet, resolution: int | None = None) -> dict:
+    """ShapeDtypeStructs of `model`'s {"params", "batch_stats"} (no compute)."""
+    sp = model.space
+    r = resolution or sp.resolutions[0]
+    x = jax.ShapeDtypeStruct((1, r, r, 3), jnp.float32)
+    arch = sp.max_arch(width=model.width).as_arrays()
+    return dict(jax.eval_shape(lambda k: model.init(k, x, arch), jax.random.key(0)))
+
+
+def _check_arch(model: Supernet, arch: ss.Arch, images: jax.Array) -> None:
+    if abs(arch.width - model.width) > 1e-9:
+        raise ValueError(f"Arch width {arch.width} does not match the supernet's "
+                         f"width {model.width}.")
+    sp = model.space
+    if (len(arch.ks), len(arch.e), len(arch.d)) != (sp.num_blocks, sp.num_blocks,
+                                                   sp.num_stages):
+        raise ValueError(f"Arch does not fit this supernet's space: needs "
+                         f"{sp.num_blocks} ks/e entries and {sp.num_stages} depths.")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be [N, H, W, 3] (NHWC), got {images.shape}.")
+    if images.shape[1:3] != (arch.resolution, arch.resolution):
+        raise ValueError(f"images are {images.shape[1]}x{images.shape[2]} but the "
+                         f"arch's resolution is {arch.resolution}; resize first.")
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(model, variables, images, arrays):
+    return model.apply(variables, images, arrays, train=False)
+
+
+def predict(model: Supernet, variables: dict, images_nhwc: jax.Array,
+            arch: ss.Arch) -> jax.Array:
+    """Eval-mode logits float32[N, num_classes] of subnet `arch`.
+
+    Jitted inside; one compile per (model, resolution, batch size).
+    """
+    images_nhwc = jnp.asarray(images_nhwc, jnp.float32)
+    _check_arch(model, arch, images_nhwc)
+    variables = {"params": variables["params"],
+                 "batch_stats": variables["batch_stats"]}
+    return _predict(model, variables, images_nhwc, arch.as_arrays())
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _collect(model, variables, images, arrays):
+    _, out = model.apply(variables, images, arrays, bn_mode="collect",
+                         mutable=["bn_stats"])
+    return out["bn_stats"]
+
+
+def recalibrate_bn(model: Supernet, variables: dict, arch: ss.Arch,
+                   batches: Iterable) -> dict:
+    """OFA's `set_running_statistics` for one subnet; returns new variables.
+
+    Each batch is forwarded with batch-statistic BN; every BatchNorm of the
+    subnet records the batch mean and BIASED variance of its input; the new
+    running mean/var are the batch-size-weighted averages over `batches`.
+    Only the subnet's active channels of its active blocks are overwritten:
+    inactive channels and skipped blocks keep their previous statistics
+    (OFA copies `[:active]` and never touches skipped blocks). Momentum is
+    not used. One compile per resolution.
+
+    Args:
+      batches: iterable of images float32[N, R, R, 3] or (images, labels)
+        tuples (a DataLoader-like stream); all at `arch.resolution`.
+    """
+    arrays = arch.as_arrays()
+    params_only = {"params": variables["params"],
+                   "batch_stats": variables["batch_stats"]}
+    total, acc = 0, None
+    for batch in batches:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        images = jnp.asarray(images, jnp.float32)
+        _check_arch(model, arch, images)
+        stats = _collect(model, params_only, images, arrays)
+        n = images.shape[0]
+        weighted = jax.tree.map(lambda v: v * n if v.dtype != bool else v, stats)
+        if acc is None:
+            acc = weighted
+        else:
+            acc = jax.tree.map(lambda a, v: a + v if v.dtype != bool else v,
+                               acc, weighted)
+        total += n
+    if acc is None:
+        raise ValueError("recalibrate_bn got no batches.")
+    new_stats = _merge_stats(variables["batch_stats"], acc, total)
+    out = dict(variables)
+    out["batch_stats"] = new_stats
+    return out
+
+
+def _merge_stats(old: dict, acc: dict, total: int) -> dict:
+    """Overwrite old running stats with acc/total where acc's mask is set."""
+    out = {}
+    for name, sub in old.items():
+        if "mean" in sub and not isinstance(sub["mean"], dict):
+            got = acc[name]
+            m = got["mask"]
+            out[name] = {
+                "mean": jnp.where(m, got["mean"] / total, sub["mean"]),
+                "var": jnp.where(m, got["var"] / total, sub["var"]),
+            }
+        else:
+            out[name] = _merge_stats(sub, acc[name], total)
+    return out
+
+
+def sample_arch_arrays(space: ss.SearchSpace, key: jax.Array, n: int
+                       ) -> dict[str, np.ndarray]:
+    """n uniformly sampled subnets as stacked numpy arch arrays (for streams)."""
+    genes = space.sample(key, n)
+    return jax.tree.map(np.asarray, space.genes_to_arrays(genes))
