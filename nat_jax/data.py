@@ -269,28 +269,36 @@ def _load_embedded():
     return train, test, names, []
 
 
-def _tfds_is_prepared(builder) -> bool:
-    return builder.is_prepared()
+def _tfds_on_disk(name: str, data_dir: str) -> bool:
+    """Cheap check before tfds is asked (tfds logs warnings for missing data)."""
+    return os.path.isdir(os.path.join(data_dir, name))
+
+
+def _tfds_problem(builder) -> str | None:
+    """Why the prepared data cannot be read with data_source, or None."""
+    if not builder.is_prepared():
+        return "no prepared tfds data under " + os.path.dirname(builder.data_dir)
+    files = os.listdir(builder.data_dir)
+    if not any(".array_record" in f for f in files):
+        return f"{builder.data_dir} holds no array_record files (tfrecord?)"
+    return None
 
 
 def _load_tfds(spec: DatasetSpec, data_dir: str):
     import tensorflow_datasets as tfds  # deferred: ~0.3 s import
 
     hint = f"prepare it with: {spec.prepare_command(data_dir)}"
+    if not _tfds_on_disk(spec.tfds_name, data_dir):
+        raise DataNotFoundError(
+            f"{spec.name}: no prepared tfds data under {data_dir}; {hint}"
+        )
     try:
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir)
     except Exception as e:  # noqa: BLE001 - tfds raises many kinds here
         raise DataNotFoundError(f"{spec.name}: cannot open tfds builder ({e}); {hint}")
-    if not _tfds_is_prepared(builder):
-        raise DataNotFoundError(
-            f"{spec.name}: no prepared tfds data under {data_dir}; {hint}"
-        )
-    fmt = getattr(builder.info.file_format, "value", builder.info.file_format)
-    if fmt not in (None, "array_record"):
-        raise DataNotFoundError(
-            f"{spec.name}: prepared as {fmt}, but reading needs array_record; "
-            f"re-{hint}"
-        )
+    problem = _tfds_problem(builder)
+    if problem:
+        raise DataNotFoundError(f"{spec.name}: {problem}; {hint}")
     load_split = functools.partial(
         tfds.data_source, spec.tfds_name, data_dir=data_dir, download=False
     )
