@@ -1,0 +1,57 @@
+"""Reporting: TensorBoard files (read back by tensorboard), plots, report."""
+
+import jax
+import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+
+from nat_jax import reporting
+from nat_jax import search_space as ss
+from nat_jax.archive import Archive
+
+
+def test_scalars_are_readable_by_tensorboard(tmp_path):
+    reporting.write_scalars(tmp_path, 0, {"hypervolume": 0.5, "best_top1": 81.0,
+                                          "times_s": {"adapt": 3.0}, "note": "x",
+                                          "tau": float("nan")})
+    reporting.write_scalars(tmp_path, 1, {"hypervolume": 0.75})
+    acc = event_accumulator.EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert set(acc.Tags()["scalars"]) == {"hypervolume", "best_top1", "times_s/adapt"}
+    assert [(s.step, s.value) for s in acc.Scalars("hypervolume")] == [(0, 0.5),
+                                                                       (1, 0.75)]
+
+
+def test_masked_crc32c_known_value():
+    # CRC-32C("123456789") = 0xE3069283 (the standard check value), then masked.
+    crc = 0xE3069283
+    masked = (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+    assert reporting._masked_crc(b"123456789") == masked
+
+
+def _archive():
+    space = ss.SearchSpace.tiny()
+    arc = Archive(space)
+    g = np.asarray(space.sample(jax.random.key(0), 12))
+    arc.add(g, iteration=0, objectives=[{"madds": float(i)} for i in range(len(g))])
+    for i in range(len(arc)):
+        arc.record(i, top1=50.0 + i, top5=90.0, version=1)
+    return arc
+
+
+def test_plot_and_report_are_written(tmp_path):
+    arc = _archive()
+    names = ["top1_error", "madds"]
+    png = tmp_path / "plots" / "front.png"
+    reporting.plot_front(png, arc, names, front=[0, len(arc) - 1], picks=[0],
+                         baselines={"MobileNetV2": [45.0, 3.0]}, title="t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+    class Cfg:
+        dataset, variant, seed, space, width, supernet = "d", "tiny", 0, "tiny", 1.0, ""
+
+    metrics = [{"iteration": 0, "archive_size": 12, "hypervolume": 0.4,
+                "best_top1": 61.0, "kendall_tau_new": 0.5, "times_s": {"a": 2.0}}]
+    reporting.write_report(tmp_path / "report.md", Cfg, arc, names, [0, 11], [11],
+                           metrics)
+    text = (tmp_path / "report.md").read_text()
+    assert "| 11 | 61.00 | 90.00 | 11.000 |" in text and "| 0 | 12 | 0.4000" in text
