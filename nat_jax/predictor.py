@@ -1,0 +1,344 @@
+"""Accuracy predictors: the RBF ensemble of NAT (Algorithm 2) and baselines.
+
+Inputs are integer genotypes `X int[n, d]` (any integer features), targets
+`y float[n]` (top-1 error or accuracy; nothing assumes which). Features are
+min-max scaled with the training data's ranges (constant features map to 0),
+targets are standardised, predictions are mapped back.
+
+RBF member (the authors' choice): an interpolating cubic RBF with a linear
+tail, `s(x) = sum_i w_i ||x - x_i||^3 + c_0 + c^T x`, fitted by solving
+
+    [[Phi + lam I, P], [P^T, -mu I]] [w; c] = [y; 0],   P = [1, X].
+
+`lam` (1e-6 relative) makes duplicate training rows harmless (they would
+make `Phi` singular); `mu` (1e-6) handles a rank-deficient tail (constant
+or collinear features, fewer samples than features). Both are far below the
+data's scale, so the member still interpolates distinct points.
+
+Ensemble (Algorithm 2): `n_members` (500) members, each fitted on a random
+subset of `sample_fraction` of the samples (without replacement) and of
+`feature_fraction` of the features; the prediction is the members' mean.
+Fit and predict are `jax.vmap`ped over members and jitted; the fitted
+ensemble is a pytree (`RBFParams`).
+
+Baselines: a single RBF on all samples and features (`RBF`), and a Gaussian
+process with an RBF kernel and fixed, median-heuristic length scale (`GP`).
+Rank correlations: `spearman`, `kendall` (numpy, tie-aware).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MIN_SAMPLES = 3
+
+
+@flax.struct.dataclass
+class Scaler:
+    x_min: jax.Array   # float32[d]
+    x_scale: jax.Array  # float32[d], 1 / range (0 for constant features)
+    y_mean: jax.Array  # float32 scalar
+    y_std: jax.Array   # float32 scalar
+
+
+@flax.struct.dataclass
+class RBFParams:
+    """Fitted cubic RBF members (leading axis = member).
+
+    centers: float32[M, s, f] scaled training points of each member;
+    weights: float32[M, s]; tail: float32[M, f + 1] (constant first);
+    features: int32[M, f] the feature subset of each member; scaler: Scaler.
+    """
+
+    centers: jax.Array
+    weights: jax.Array
+    tail: jax.Array
+    features: jax.Array
+    scaler: Scaler
+
+
+def _check(X, y):
+    X = np.asarray(X)
+    y = np.asarray(y, np.float64)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise ValueError(f"Expected X[n, d] and y[n], got {X.shape} and {y.shape}.")
+    if X.shape[0] < MIN_SAMPLES:
+        raise ValueError(f"Need at least {MIN_SAMPLES} training samples, got "
+                         f"{X.shape[0]}.")
+    if not np.all(np.isfinite(y)):
+        raise ValueError("Targets contain NaN/inf; drop failed evaluations first.")
+    return X, y
+
+
+def fit_scaler(X: jax.Array, y: jax.Array, valid: jax.Array | None = None) -> Scaler:
+    """Min-max feature scaling and target standardisation from valid rows."""
+    X = jnp.asarray(X, jnp.float32)
+    y = jnp.asarray(y, jnp.float32)
+    valid = jnp.ones(y.shape, bool) if valid is None else valid
+    n = jnp.maximum(valid.sum(), 1)
+    lo = jnp.min(jnp.where(valid[:, None], X, jnp.inf), 0)
+    hi = jnp.max(jnp.where(valid[:, None], X, -jnp.inf), 0)
+    rng = hi - lo
+    scale = jnp.where(rng > 0, 1.0 / jnp.where(rng > 0, rng, 1.0), 0.0)
+    mean = jnp.sum(jnp.where(valid, y, 0.0)) / n
+    std = jnp.sqrt(jnp.sum(jnp.where(valid, (y - mean) ** 2, 0.0)) / n)
+    return Scaler(lo, scale, mean, jnp.where(std > 1e-12, std, 1.0))
+
+
+def _cubic(a: jax.Array, b: jax.Array) -> jax.Array:
+    """||a_i - b_j||^3, [n, m]."""
+    d2 = (jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :]
+          - 2.0 * a @ b.T)
+    return jnp.maximum(d2, 0.0) ** 1.5
+
+
+def fit_rbf(x: jax.Array, t: jax.Array, active: jax.Array | None = None,
+            lam: float = 1e-6, mu: float = 1e-6) -> tuple[jax.Array, jax.Array]:
+    """One interpolating cubic RBF with linear tail on scaled data.
+
+    Args:
+      x: float32[s, f] scaled inputs; t: float32[s] standardised targets.
+      active: optional bool[s]; inactive rows get weight 0 (static shapes).
+
+    Returns:
+      (weights float32[s], tail float32[f + 1]). A non-finite solve (not
+      seen in practice) returns zeros, i.e. the training mean.
+    """
+    s, f = x.shape
+    active = jnp.ones((s,), bool) if active is None else active
+    both = active[:, None] & active[None, :]
+    phi = jnp.where(both, _cubic(x, x), 0.0)
+    scale = 1.0 + jnp.sum(jnp.abs(phi)) / jnp.maximum(both.sum(), 1)
+    phi = phi + jnp.diag(jnp.where(active, lam * scale, 1.0))
+    p = jnp.where(active[:, None], jnp.concatenate([jnp.ones((s, 1)), x], 1), 0.0)
+    a = jnp.block([[phi, p], [p.T, -mu * jnp.eye(f + 1)]])
+    rhs = jnp.concatenate([jnp.where(active, t, 0.0), jnp.zeros((f + 1,))])
+    sol = jnp.linalg.solve(a, rhs)
+    sol = jnp.where(jnp.all(jnp.isfinite(sol)), sol, 0.0)
+    return sol[:s], sol[s:]
+
+
+def rbf_eval(x: jax.Array, centers: jax.Array, weights: jax.Array,
+             tail: jax.Array) -> jax.Array:
+    """Evaluate one RBF at scaled points x float32[n, f] -> float32[n]."""
+    return _cubic(x, centers) @ weights + tail[0] + x @ tail[1:]
+
+
+def _scale_x(scaler: Scaler, X) -> jax.Array:
+    return (jnp.asarray(X, jnp.float32) - scaler.x_min) * scaler.x_scale
+
+
+def fit_ensemble(key: jax.Array, X: jax.Array, y: jax.Array, valid: jax.Array,
+                 n_members: int, sample_fraction: float, n_features: int
+                 ) -> RBFParams:
+    """Fits `n_members` RBFs on random sample/feature subsets (vmapped).
+
+    Pure and jittable (sizes static); rows with `valid == False` are padding
+    and never used, so one compile serves archives of any size up to n.
+
+    Args:
+      key: PRNG key; X: [n, d] genotypes; y: float[n] targets; valid: bool[n].
+      n_members: ensemble size; sample_fraction: each member uses
+        ceil(sample_fraction * n_valid) (at least MIN_SAMPLES) valid rows;
+      n_features: features per member (<= d).
+    """
+    scaler = fit_scaler(X, y, valid)
+    xs = _scale_x(scaler, X)
+    ts = (jnp.asarray(y, jnp.float32) - scaler.y_mean) / scaler.y_std
+    n, d = xs.shape
+    s_max = min(n, max(MIN_SAMPLES, math.ceil(sample_fraction * n)))
+    n_valid = valid.sum()
+    n_use = jnp.minimum(n_valid, jnp.maximum(
+        MIN_SAMPLES, jnp.ceil(sample_fraction * n_valid).astype(jnp.int32)))
+
+    def member(k):
+        k_s, k_f = jax.random.split(k)
+        score = jax.random.uniform(k_s, (n,)) + jnp.where(valid, 0.0, 2.0)
+        rows = jnp.argsort(score)[:s_max]
+        cols = jax.random.permutation(k_f, d)[:n_features]
+        x = xs[rows][:, cols]
+        active = jnp.arange(s_max) < n_use
+        w, tail = fit_rbf(x, ts[rows], active)
+        return x, w, tail, cols.astype(jnp.int32)
+
+    centers, w, tail, cols = jax.vmap(member)(jax.random.split(key, n_members))
+    return RBFParams(centers, w, tail, cols, scaler)
+
+
+_fit_ensemble_jit = jax.jit(fit_ensemble, static_argnames=(
+    "n_members", "sample_fraction", "n_features"))
+
+
+def predict_ensemble(params: RBFParams, X: jax.Array) -> jax.Array:
+    """Mean prediction of all members, float32[n] in target units (jittable)."""
+    xs = _scale_x(params.scaler, X)
+
+    def member(c, w, tail, cols):
+        return rbf_eval(xs[:, cols], c, w, tail)
+
+    out = jax.vmap(member)(params.centers, params.weights, params.tail,
+                           params.features)
+    return out.mean(0) * params.scaler.y_std + params.scaler.y_mean
+
+
+_predict_jit = jax.jit(predict_ensemble)
+
+
+def pad_rows(X, y, multiple: int = 32):
+    """Pads X[n, d], y[n] to a multiple of `multiple` rows; returns valid mask.
+
+    Padding keeps the number of compiled shapes small as an archive grows.
+    """
+    X, y = np.asarray(X), np.asarray(y, np.float32)
+    n = X.shape[0]
+    n_pad = -(-n // multiple) * multiple
+    Xp = np.concatenate([X, np.repeat(X[:1], n_pad - n, 0)], 0)
+    yp = np.concatenate([y, np.zeros(n_pad - n, np.float32)])
+    return Xp, yp, np.arange(n_pad) < n
+
+
+@dataclasses.dataclass(frozen=True)
+class RBFEnsemble:
+    """NAT's RBF ensemble (Algorithm 2).
+
+    Example:
+      >>> model = RBFEnsemble().fit(key, genes, errors)
+      >>> pred = model.predict(new_genes)
+
+    Attributes:
+      n_members: ensemble size (paper: 500).
+      sample_fraction: fraction of samples each member sees.
+      feature_fraction: fraction of features each member sees.
+      params: fitted `RBFParams` (None until `fit`).
+    """
+
+    n_members: int = 500
+    sample_fraction: float = 0.7
+    feature_fraction: float = 0.7
+    params: RBFParams | None = None
+
+    def __post_init__(self):
+        if self.n_members < 1:
+            raise ValueError(f"n_members must be >= 1, got {self.n_members}.")
+        for name in ("sample_fraction", "feature_fraction"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {v}.")
+
+    def n_features(self, d: int) -> int:
+        """Features per member for d features."""
+        return min(d, max(1, math.ceil(self.feature_fraction * d)))
+
+    def fit(self, key: jax.Array, X, y) -> "RBFEnsemble":
+        """Returns a fitted copy. Raises ValueError below MIN_SAMPLES rows."""
+        X, y = _check(X, y)
+        Xp, yp, valid = pad_rows(X, y)
+        params = _fit_ensemble_jit(key, jnp.asarray(Xp), jnp.asarray(yp),
+                                   jnp.asarray(valid), self.n_members,
+                                   self.sample_fraction, self.n_features(X.shape[1]))
+        return dataclasses.replace(self, params=params)
+
+    def predict(self, X) -> jax.Array:
+        """float32[n] predictions for genotypes X[n, d]."""
+        if self.params is None:
+            raise ValueError("RBFEnsemble.predict called before fit.")
+        return _predict_jit(self.params, jnp.asarray(X))
+
+
+@dataclasses.dataclass(frozen=True)
+class RBF:
+    """Baseline: one cubic RBF on all samples and features."""
+
+    params: RBFParams | None = None
+
+    def fit(self, key: jax.Array, X, y) -> "RBF":
+        X, y = _check(X, y)
+        key = jax.random.key(0) if key is None else key  # deterministic anyway
+        params = _fit_ensemble_jit(key, jnp.asarray(X), jnp.asarray(y, jnp.float32),
+                                   jnp.ones(X.shape[0], bool), 1, 1.0, X.shape[1])
+        return dataclasses.replace(self, params=params)
+
+    def predict(self, X) -> jax.Array:
+        if self.params is None:
+            raise ValueError("RBF.predict called before fit.")
+        return _predict_jit(self.params, jnp.asarray(X))
+
+
+@dataclasses.dataclass(frozen=True)
+class GP:
+    """Baseline: GP regression, squared-exponential kernel, fixed hyperparameters.
+
+    Length scale = median pairwise distance of the scaled training inputs
+    (a common heuristic, no marginal-likelihood fit); noise variance
+    `noise` on standardised targets.
+    """
+
+    noise: float = 1e-3
+    state: tuple | None = None
+
+    def fit(self, key: jax.Array, X, y) -> "GP":
+        del key  # deterministic
+        X, y = _check(X, y)
+        scaler = fit_scaler(X, y)
+        xs = _scale_x(scaler, X)
+        t = (jnp.asarray(y, jnp.float32) - scaler.y_mean) / scaler.y_std
+        d2 = jnp.maximum(_cubic(xs, xs) ** (2.0 / 3.0), 0.0)
+        ell2 = jnp.maximum(jnp.median(d2[d2 > 0]) if np.any(d2 > 0) else 1.0, 1e-6)
+        k = jnp.exp(-0.5 * d2 / ell2) + self.noise * jnp.eye(xs.shape[0])
+        alpha = jnp.linalg.solve(k, t)
+        return dataclasses.replace(self, state=(scaler, xs, alpha, ell2))
+
+    def predict(self, X) -> jax.Array:
+        if self.state is None:
+            raise ValueError("GP.predict called before fit.")
+        scaler, xs, alpha, ell2 = self.state
+        xq = _scale_x(scaler, X)
+        d2 = jnp.maximum(_cubic(xq, xs) ** (2.0 / 3.0), 0.0)
+        return (jnp.exp(-0.5 * d2 / ell2) @ alpha) * scaler.y_std + scaler.y_mean
+
+
+PREDICTORS = {"rbf_ensemble": RBFEnsemble, "rbf": RBF, "gp": GP}
+
+
+def get_predictor(name: str, **kwargs):
+    """A predictor by name; known: rbf_ensemble, rbf, gp."""
+    if name not in PREDICTORS:
+        raise ValueError(f"Unknown predictor {name!r}; known: {sorted(PREDICTORS)}.")
+    return PREDICTORS[name](**kwargs)
+
+
+# ------------------------------------------------------------ correlations
+def _rankdata(a: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean rank), float64[n]."""
+    a = np.asarray(a, np.float64)
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(len(a), dtype=np.float64)
+    _, inv, counts = np.unique(a, return_inverse=True, return_counts=True)
+    sums = np.bincount(inv, weights=ranks)
+    return sums[inv] / counts[inv]
+
+
+def spearman(a, b) -> float:
+    """Spearman's rho (Pearson on average ranks); nan for constant input."""
+    ra, rb = _rankdata(a), _rankdata(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
+    return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def kendall(a, b) -> float:
+    """Kendall's tau-b (tie-corrected), O(n^2) numpy; nan for constant input."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    iu = np.triu_indices(len(a), k=1)
+    da = np.sign(a[:, None] - a[None, :])[iu]
+    db = np.sign(b[:, None] - b[None, :])[iu]
+    num = (da * db).sum()
+    den = np.sqrt((da != 0).sum() * (db != 0).sum())
+    return float(num / den) if den > 0 else float("nan")
