@@ -176,7 +176,7 @@ def decode_image(path: str) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Split:
     """A view `source[indices]`; `read(positions)` returns images and labels."""
 
@@ -198,7 +198,7 @@ class Split:
         return None if labels is None else labels[self.indices]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """NAT splits of one dataset. `test` is None for a folder without test/."""
 
