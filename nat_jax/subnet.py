@@ -51,10 +51,16 @@ class Subnet(nn.Module):
     num_classes: int
     dropout_rate: float = 0.1
     depthwise_impl: str | None = None
+    drop_connect_rate: float = 0.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """float32[N, R, R, 3] -> logits float32[N, num_classes]."""
+        """float32[N, R, R, 3] -> logits float32[N, num_classes].
+
+        With `train` and `drop_connect_rate > 0`, residual block i of n drops
+        its branch per example with probability `drop_connect_rate * i / n`
+        (stochastic depth as EfficientNet; needs rngs={"dropout": key}).
+        """
         impl = self.depthwise_impl or layers.default_depthwise_impl()
         mode = "train" if train else "eval"
 
@@ -73,6 +79,11 @@ class Subnet(nn.Module):
         x = x + h if c0 == c1 else h
         for i, spec in enumerate(self.blocks):
             y = _StaticBlock(spec, impl, name=f"block_{i + 1}")(x, mode)
+            rate = self.drop_connect_rate * (i + 1) / len(self.blocks)
+            if spec.residual and train and rate > 0:
+                keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate,
+                                            (x.shape[0], 1, 1, 1))
+                y = jnp.where(keep, y / (1.0 - rate), 0.0)
             x = x + y if spec.residual else y
         c = self.blocks[-1].c_out if self.blocks else c1
         x = layers.pointwise(x, self.param("final_expand", layers.conv_init,
@@ -137,6 +148,19 @@ def _block_specs(space: ss.SearchSpace, width: float, arch: ss.Arch
                 stride == 1 and c_in == c_out)))
             c_in = c_out
     return out
+
+
+def subnet_module(space: ss.SearchSpace, arch: ss.Arch, num_classes: int,
+                  **kwargs) -> Subnet:
+    """The static module of `arch` without a supernet (fresh weights on init).
+
+    **kwargs: further `Subnet` fields (dropout_rate, depthwise_impl, ...).
+    """
+    arch.validate(space)
+    ch = space.channels(arch.width)
+    specs = tuple(s for _, s in _block_specs(space, arch.width, arch))
+    return Subnet(ch.first, ch.first_block, specs, ch.final_expand, ch.feature_mix,
+                  int(num_classes), **kwargs)
 
 
 def extract_subnet(model: sn.Supernet, variables: Mapping, arch: ss.Arch
