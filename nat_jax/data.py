@@ -142,14 +142,21 @@ class TfdsSource:
         return int(self.offsets[-1])
 
     def read(self, idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        images, labels = [], []
+        idx = np.asarray(idx)
         which = np.searchsorted(self.offsets, idx, side="right") - 1
-        for i, s in zip(idx, which):
-            ex = self.sources[s][int(i - self.offsets[s])]
+        examples = [None] * len(idx)
+        for s in np.unique(which):
+            rows = np.flatnonzero(which == s)
+            local = [int(i) for i in idx[rows] - self.offsets[s]]
+            src = self.sources[s]  # per key: tfds's mock breaks __getitems__
+            for r, ex in zip(rows, [src[i] for i in local]):
+                examples[r] = ex
+        images = []
+        for ex in examples:
             img = np.asarray(ex[self.image_key], np.uint8)
             images.append(img[..., None] if img.ndim == 2 else img)
-            labels.append(int(ex[self.label_key]))
-        return images, np.asarray(labels, np.int32)
+        labels = np.array([int(ex[self.label_key]) for ex in examples], np.int32)
+        return images, labels
 
 
 class FolderSource:

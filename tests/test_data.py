@@ -232,3 +232,45 @@ def test_prepare_converts_fgvc_aircraft_archive_layout(tmp_path):
     assert ds.class_names == ("707-320", "F_A-18")
     assert (len(ds.train) + len(ds.val), len(ds.test)) == (3, 1)
     assert ds.test.labels.tolist() == [1]
+
+
+def test_tfds_array_record_end_to_end_without_tensorflow(tmp_path):
+    """A real prepared array_record dataset (Tensor images: no TF to write)."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class NatTinyImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = tfds.features.FeaturesDict({
+                "image": tfds.features.Tensor(shape=(None, None, 3), dtype=np.uint8,
+                                              encoding="bytes"),
+                "label": tfds.features.ClassLabel(names=["a", "b", "c"])})
+            return tfds.core.DatasetInfo(builder=self, features=features)
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 20),
+                    "validation": self._generate_examples(20, 5),
+                    "test": self._generate_examples(25, 7)}
+
+        def _generate_examples(self, start, n):
+            for i in range(start, start + n):  # pixel value encodes the label
+                img = np.full((20 + i % 5, 30, 3), 40 + 80 * (i % 3), np.uint8)
+                yield i, {"image": img, "label": i % 3}
+
+    spec = data.DatasetSpec("nat_tiny_images", "tfds", 3, "nat_tiny_images",
+                            train_splits=("train", "validation"))
+    with pytest.raises(data.DataNotFoundError, match="--dataset=nat_tiny_images"):
+        data.load(spec, data_dir=str(tmp_path))
+    NatTinyImages(data_dir=str(tmp_path), file_format="array_record") \
+        .download_and_prepare()
+    ds = data.load(spec, data_dir=str(tmp_path))
+    assert ds.class_names == ("a", "b", "c")
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (20, 5, 7)
+    for split in (ds.train, ds.val, ds.test):
+        for b in pipeline.eval_batches(split, 4, 32):
+            grey = (b["image"][..., 0] * augment.IMAGENET_STD[0]
+                    + augment.IMAGENET_MEAN[0]) * 255
+            level = np.round((grey.mean(axis=(1, 2)) - 40) / 80).astype(int)
+            np.testing.assert_array_equal(level[b["mask"]], b["label"][b["mask"]])
+    assert pipeline.TrainLoader(ds.train, 8).next(48)["image"].shape == (8, 48, 48, 3)
