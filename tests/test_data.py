@@ -1,5 +1,8 @@
 """Data layer: registry, split protocol, pipeline, folders, tfds mock, errors."""
 
+import dataclasses
+import gzip
+import importlib.util
 import os
 import subprocess
 import sys
@@ -274,3 +277,37 @@ def test_tfds_array_record_end_to_end_without_tensorflow(tmp_path):
             level = np.round((grey.mean(axis=(1, 2)) - 40) / 80).astype(int)
             np.testing.assert_array_equal(level[b["mask"]], b["label"][b["mask"]])
     assert pipeline.TrainLoader(ds.train, 8).next(48)["image"].shape == (8, 48, 48, 3)
+
+
+def test_prepare_converts_cinic10_layout(tmp_path):
+    for split in ("train", "valid", "test"):
+        for name in ("airplane", "cat"):
+            os.makedirs(tmp_path / "src" / split / name)
+            Image.new("RGB", (32, 32)).save(tmp_path / "src" / split / name / "x.png")
+    out = prepare.convert_cinic10(str(tmp_path / "src"), str(tmp_path / "cinic10"))
+    assert sorted(os.listdir(out)) == ["test", "train"]
+    spec = dataclasses.replace(data.get_spec("cinic10"), num_classes=2, folder=out)
+    ds = data.load(spec)
+    assert ds.class_names == ("airplane", "cat") and len(ds.test) == 2
+
+
+def test_embedded_asset_builder_on_synthetic_idx_files(tmp_path):
+    path = os.path.join(data.ASSETS, "build_fashion_mnist_mini.py")
+    module_spec = importlib.util.spec_from_file_location("_build", path)
+    build = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(build)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 4500), ("t10k", 1200)):
+        labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
+        images = rng.integers(0, 256, (n, 28, 28), np.uint8)
+        for kind, arr in (("images", images), ("labels", labels)):
+            header = bytes([0, 0, 8, arr.ndim]) + b"".join(
+                d.to_bytes(4, "big") for d in arr.shape)
+            with gzip.open(tmp_path / f"{prefix}-{kind}-idx{arr.ndim}-ubyte.gz",
+                           "wb") as f:
+                f.write(header + arr.tobytes())
+    out = build.build(str(tmp_path), str(tmp_path / "mini.npz"))
+    with np.load(out) as d:
+        assert d["train_images"].shape == (4000, 28, 28, 1)
+        assert np.bincount(d["train_labels"]).tolist() == [400] * 10
+        assert np.bincount(d["test_labels"]).tolist() == [100] * 10
