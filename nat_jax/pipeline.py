@@ -64,6 +64,8 @@ class TrainLoader:
       augment: training augmentation settings.
       num_devices: batch_size must be divisible by this.
       prefetch: batches read ahead in a background thread (0: synchronous).
+      num_workers: threads that read ahead (PIL decoding releases the GIL, so
+        more than 1 helps large JPEG datasets on many-core hosts).
       step: global step to start from (resume).
     """
 
@@ -76,6 +78,7 @@ class TrainLoader:
         augment: AugmentConfig = AugmentConfig(),
         num_devices: int = 1,
         prefetch: int = 2,
+        num_workers: int = 1,
         step: int = 0,
     ):
         _check_batch(batch_size, num_devices)
@@ -90,7 +93,7 @@ class TrainLoader:
         self._perm_cache: tuple[int, np.ndarray] | None = None
         self._pending: dict[int, cf.Future] = {}
         self._rendered: tuple[int, int, cf.Future] | None = None
-        self._pool = cf.ThreadPoolExecutor(1) if prefetch > 0 else None
+        self._pool = cf.ThreadPoolExecutor(num_workers) if prefetch > 0 else None
 
     @property
     def epoch(self) -> int:
@@ -173,11 +176,13 @@ def eval_batches(
     *,
     num_devices: int = 1,
     prefetch: int = 2,
+    num_workers: int = 1,
 ) -> Iterator[Batch]:
     """Every example of `split` exactly once, in order, at `resolution`.
 
     All batches have `batch_size` rows; the last one is padded with zero images
     (label 0) whose "mask" is False. Count with `batch["mask"].sum()`.
+    `prefetch` batches are rendered ahead by `num_workers` threads.
     """
     _check_batch(batch_size, num_devices)
     n = len(split)
@@ -197,7 +202,7 @@ def eval_batches(
     if prefetch <= 0:
         yield from (make(b) for b in range(num_batches))
         return
-    with cf.ThreadPoolExecutor(1) as pool:
+    with cf.ThreadPoolExecutor(num_workers) as pool:
         futures = [pool.submit(make, b) for b in range(min(prefetch + 1, num_batches))]
         for b in range(num_batches):
             batch = futures[b].result()

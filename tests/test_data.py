@@ -68,7 +68,7 @@ def test_train_loader_determinism_resume_and_epochs(mini):
         loader = pipeline.TrainLoader(mini.train, 128, seed, **kw)
         return [loader.next(r, nxt) for r, nxt in zip(rs, rs[1:] + [None])]
 
-    a, b, c = run(0, prefetch=0), run(0), run(1, prefetch=0)
+    a, b, c = run(0, prefetch=0), run(0, num_workers=2), run(1, prefetch=0)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["image"], y["image"])
         np.testing.assert_array_equal(x["label"], y["label"])
@@ -120,6 +120,17 @@ def test_calibration_same_images_every_resolution(mini):
         assert x["image"].shape[1:3] == (32, 32) and y["image"].shape[1:3] == (48, 48)
     again = pipeline.calibration_batches(mini.train, 32, 500, 200, seed=0)
     np.testing.assert_array_equal(again[1]["image"], b32[1]["image"])
+
+
+def test_global_batch_shards_over_a_data_mesh(mini):
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = jax.make_mesh((jax.device_count(),), ("data",))
+    loader = pipeline.TrainLoader(mini.train, 8 * jax.device_count(), seed=0,
+                                  num_devices=jax.device_count())
+    batch = jax.device_put(loader.next(32), NamedSharding(mesh, PartitionSpec("data")))
+    assert batch["image"].sharding.shard_shape(batch["image"].shape) == (8, 32, 32, 3)
 
 
 def test_batch_size_must_split_over_devices(mini):
