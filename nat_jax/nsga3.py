@@ -10,7 +10,9 @@ Survival of `n_survive` out of `n` (`survive`):
    one).
 2. Fronts are accepted whole while they fit; the split ("last") front `F_l`
    is the one that does not.
-3. Normalisation (`normalize`), over the accepted fronts plus `F_l`:
+3. Normalisation (`normalize`), over the valid rows (the ideal point and
+   extreme points lie on the first front anyway; values within 1e-3 of the
+   ideal count as 0 in the ASF, as in the reference code):
    ideal point `z*` = per-objective minimum; extreme point of axis `j` = the
    member minimising the achievement scalarising function
    `ASF(f, e_j) = max_k (f_k - z*_k) / w_k` with `w = e_j` (other weights
@@ -18,7 +20,10 @@ Survival of `n_survive` out of `n` (`survive`):
    `a_j`; when the extreme points are degenerate (singular system, residual
    too large, an intercept not above `1e-6`) the nadir falls back to the
    worst value of the first front, and per objective to the worst of the
-   population when that is still not above the ideal.
+   population when that is still not above the ideal. An optional
+   `Normalization` memory (kept by `tell`) carries the ideal point, the worst
+   point (the nadir never exceeds it) and the extreme points across
+   generations, as pymoo and Deb's own code do.
 4. Association: every member goes to the reference line (through the
    origin along `ref_dirs[j]`) with the smallest perpendicular distance.
 5. Niching on `F_l`: niche counts `rho_j` come from the accepted fronts.
@@ -36,6 +41,7 @@ Survival of `n_survive` out of `n` (`survive`):
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import NamedTuple
@@ -158,36 +164,66 @@ def nondominated_rank(objectives: jax.Array) -> jax.Array:
 
 
 # ------------------------------------------------------------ normalisation
-def normalize(f: jax.Array, mask: jax.Array, first_front: jax.Array
-              ) -> tuple[jax.Array, jax.Array]:
-    """Ideal and nadir points of the rows in `mask` (Deb & Jain 2014).
+@flax.struct.dataclass
+class Normalization:
+    """Memory of the normalisation across generations (optional).
+
+    ideal / worst: float32[m] running per-objective minimum / maximum;
+    extreme: float32[m, m] previous extreme points (row j for axis j).
+    """
+
+    ideal: jax.Array
+    worst: jax.Array
+    extreme: jax.Array
+
+    @classmethod
+    def empty(cls, n_obj: int) -> "Normalization":
+        inf = jnp.full((n_obj,), jnp.inf, jnp.float32)
+        return cls(inf, -inf, jnp.full((n_obj, n_obj), jnp.inf, jnp.float32))
+
+
+def normalize(f: jax.Array, valid: jax.Array, first_front: jax.Array,
+              memory: Normalization | None = None
+              ) -> tuple[jax.Array, jax.Array, Normalization]:
+    """Ideal and nadir points (Deb & Jain 2014), optionally with memory.
 
     Args:
-      f: float32[n, m] finite objectives (invalid rows already +BIG).
-      mask: bool[n], the rows that take part (accepted fronts + split front).
+      f: float32[n, m] objectives (invalid rows already +BIG).
+      valid: bool[n], the rows that take part.
       first_front: bool[n], the nondominated rows.
+      memory: previous `Normalization` (None: this population alone). With
+        memory the ideal and worst points are running extrema and the
+        previous extreme points compete in the ASF search, as in the
+        reference implementations (stabler with many objectives).
 
     Returns:
-      (ideal float32[m], nadir float32[m]) with nadir > ideal.
+      (ideal float32[m], nadir float32[m] with nadir > ideal, new memory).
     """
     m = f.shape[1]
     big = jnp.float32(_BIG)
-    ideal = jnp.min(jnp.where(mask[:, None], f, big), axis=0)
-    ft = f - ideal
-    w = jnp.where(jnp.eye(m, dtype=bool), 1.0, 1e-6)            # [m axes, m]
-    asf = jnp.max(ft[None, :, :] / w[:, None, :], axis=-1)       # [m, n]
-    asf = jnp.where(mask[None, :], asf, jnp.inf)
-    extreme = ft[jnp.argmin(asf, axis=1)]                         # [m, m]
-    b = jnp.linalg.solve(extreme, jnp.ones((m,), jnp.float32))
+    memory = Normalization.empty(m) if memory is None else memory
+    ideal = jnp.minimum(memory.ideal, jnp.min(jnp.where(valid[:, None], f, big), 0))
+    worst = jnp.maximum(memory.worst, jnp.max(jnp.where(valid[:, None], f, -big), 0))
+    pool = jnp.concatenate([memory.extreme, f], axis=0)
+    pool_ok = jnp.concatenate([jnp.all(jnp.isfinite(memory.extreme), 1), valid])
+    ft = pool - ideal
+    ft = jnp.where(ft < 1e-3, 0.0, ft)
+    w = jnp.where(jnp.eye(m, dtype=bool), 1.0, 1e-6)              # [m axes, m]
+    asf = jnp.max(ft[None, :, :] / w[:, None, :], axis=-1)         # [m, n']
+    asf = jnp.where(pool_ok[None, :], asf, jnp.inf)
+    extreme = pool[jnp.argmin(asf, axis=1)]                         # [m, m]
+    z = extreme - ideal
+    b = jnp.linalg.solve(z, jnp.ones((m,), jnp.float32))
     intercepts = 1.0 / b
-    ok = jnp.all(jnp.isfinite(b)) & jnp.allclose(extreme @ b, 1.0, atol=1e-4)
+    ok = jnp.all(jnp.isfinite(b)) & jnp.allclose(z @ b, 1.0, atol=1e-4)
     ok &= jnp.all(intercepts > 1e-6)
-    worst_front = jnp.max(jnp.where(first_front[:, None], ft, -big), axis=0)
-    worst_pop = jnp.max(jnp.where(mask[:, None], ft, -big), axis=0)
-    span = jnp.where(ok, intercepts, worst_front)
-    span = jnp.where(span > 1e-6, span, worst_pop)
-    span = jnp.where(span > 1e-6, span, 1.0)
-    return ideal, ideal + span
+    nadir = jnp.minimum(ideal + intercepts, worst)
+    worst_front = jnp.max(jnp.where(first_front[:, None], f, -big), axis=0)
+    worst_pop = jnp.max(jnp.where(valid[:, None], f, -big), axis=0)
+    nadir = jnp.where(ok, nadir, worst_front)
+    nadir = jnp.where(nadir - ideal > 1e-6, nadir, worst_pop)
+    nadir = jnp.where(nadir - ideal > 1e-6, nadir, ideal + 1.0)
+    return ideal, nadir, Normalization(ideal, worst, extreme)
 
 
 def associate(fn: jax.Array, ref_dirs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -216,10 +252,13 @@ class SurvivalInfo(NamedTuple):
     rank: jax.Array       # int32[n], nondominated front index
     niche: jax.Array      # int32[n], associated reference direction
     distance: jax.Array   # float32[n], perpendicular distance to it
+    memory: Normalization  # updated normalisation memory
 
 
+@functools.partial(jax.jit, static_argnames=("n_survive",))
 def survive_info(objectives: jax.Array, n_survive: int, ref_dirs: jax.Array,
-                 key: jax.Array) -> SurvivalInfo:
+                 key: jax.Array, memory: Normalization | None = None
+                 ) -> SurvivalInfo:
     """NSGA-III environmental selection; see the module docstring.
 
     Args:
@@ -227,6 +266,7 @@ def survive_info(objectives: jax.Array, n_survive: int, ref_dirs: jax.Array,
       n_survive: static number of survivors (<= n).
       ref_dirs: float[H, n_obj] reference directions.
       key: PRNG key for the random tie-breaks of the niching.
+      memory: optional normalisation memory (see `normalize`).
 
     Returns:
       SurvivalInfo; `indices` lists accepted fronts first, then the niched
@@ -244,8 +284,7 @@ def survive_info(objectives: jax.Array, n_survive: int, ref_dirs: jax.Array,
     last = jnp.argmax(cum >= n_survive).astype(jnp.int32)
     accepted = rank < last
     in_last = rank == last
-    considered = accepted | in_last
-    ideal, nadir = normalize(f, considered & valid, (rank == 0) & valid)
+    ideal, nadir, memory = normalize(f, valid, (rank == 0) & valid, memory)
     fn = (f - ideal) / (nadir - ideal)
     niche, dist = associate(fn, ref_dirs)
     h = ref_dirs.shape[0]
@@ -266,9 +305,10 @@ def survive_info(objectives: jax.Array, n_survive: int, ref_dirs: jax.Array,
     # Accepted fronts first in rank order (stable), then the niching order.
     sort_key = jnp.where(accepted, rank.astype(jnp.float32) - n - 1.0, sort_key)
     order = jnp.argsort(sort_key, stable=True)[:n_survive].astype(jnp.int32)
-    return SurvivalInfo(order, rank, niche, dist)
+    return SurvivalInfo(order, rank, niche, dist, memory)
 
 
+@functools.partial(jax.jit, static_argnames=("n_survive",))
 def survive(objectives: jax.Array, n_survive: int, ref_dirs: jax.Array,
             key: jax.Array) -> jax.Array:
     """Indices (int32[n_survive]) of the NSGA-III survivors of `objectives`.
@@ -288,18 +328,21 @@ class NSGA3State:
       objectives: float32[pop, n_obj], minimised; NaN = failed evaluation.
       rank: int32[pop], nondominated rank within the population.
       generation: int32 scalar.
+      memory: normalisation memory (running ideal/worst, extreme points).
     """
 
     population: jax.Array
     objectives: jax.Array
     rank: jax.Array
     generation: jax.Array
+    memory: Normalization
 
 
 def init(population: jax.Array, objectives: jax.Array) -> NSGA3State:
     """State of an evaluated initial population."""
-    return NSGA3State(population, jnp.asarray(objectives, jnp.float32),
-                      nondominated_rank(objectives), jnp.int32(0))
+    f = jnp.asarray(objectives, jnp.float32)
+    return NSGA3State(population, f, nondominated_rank(f), jnp.int32(0),
+                      Normalization.empty(f.shape[1]))
 
 
 def tell(state: NSGA3State, offspring: jax.Array, offspring_objectives: jax.Array,
@@ -309,8 +352,9 @@ def tell(state: NSGA3State, offspring: jax.Array, offspring_objectives: jax.Arra
     x = jnp.concatenate([state.population, offspring], axis=0)
     f = jnp.concatenate([state.objectives,
                          jnp.asarray(offspring_objectives, jnp.float32)], axis=0)
-    info = survive_info(f, pop, ref_dirs, key)
+    info = survive_info(f, pop, ref_dirs, key, state.memory)
     idx = info.indices
     # Survivors hold whole fronts 0..l-1 plus part of front l, so their rank
     # among themselves equals their rank in the merged set.
-    return NSGA3State(x[idx], f[idx], info.rank[idx], state.generation + 1)
+    return NSGA3State(x[idx], f[idx], info.rank[idx], state.generation + 1,
+                      info.memory)

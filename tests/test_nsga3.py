@@ -1,0 +1,180 @@
+"""NSGA-III survival against pymoo (test-only oracle) and DTLZ problems."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+from pymoo.util.ref_dirs import get_reference_directions
+
+from nat_jax import nsga3
+from nat_jax import operators as op
+from nat_jax import tradeoff
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("m,p", [(2, 99), (3, 12), (5, 6), (8, 3), (10, 2)])
+def test_das_dennis_matches_pymoo(m, p):
+    ours = nsga3.reference_directions(m, p)
+    ref = get_reference_directions("das-dennis", m, n_partitions=p)
+    assert ours.shape == ref.shape
+    np.testing.assert_allclose(ours.sum(1), 1.0)
+    assert set(map(tuple, np.round(ours, 9))) == set(map(tuple, np.round(ref, 9)))
+
+
+@pytest.mark.oracle
+def test_two_layer_matches_pymoo_multi_layer():
+    ours = nsga3.reference_directions_two_layer(8, 3, 2, 0.5)
+    ref = get_reference_directions(
+        "multi-layer",
+        get_reference_directions("das-dennis", 8, n_partitions=3, scaling=1.0),
+        get_reference_directions("das-dennis", 8, n_partitions=2, scaling=0.5))
+    np.testing.assert_allclose(ours.sum(1), 1.0)
+    assert set(map(tuple, np.round(ours, 9))) == set(map(tuple, np.round(ref, 9)))
+
+
+def test_default_directions_fit_population():
+    for m in (2, 3, 5, 8, 10, 12, 15):
+        rd = nsga3.default_reference_directions(m, 100)
+        assert rd.shape[1] == m and len(rd) <= 100 and len(rd) >= m
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("m", [2, 3, 5])
+def test_ranks_match_pymoo(m):
+    rng = np.random.default_rng(m)
+    rank_fn = jax.jit(nsga3.nondominated_rank)
+    for trial in range(3):  # integer values: many ties and duplicates
+        F = rng.integers(0, 6, (150, m)).astype(np.float32)
+        ours = np.asarray(rank_fn(F))
+        ref = np.empty(len(F), int)
+        for i, front in enumerate(NonDominatedSorting().do(F)):
+            ref[front] = i
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_nan_rows_rank_last_and_never_survive_finite():
+    rng = np.random.default_rng(0)
+    F = rng.random((40, 3)).astype(np.float32)
+    F[[3, 7, 11], 1] = np.nan
+    rank = np.asarray(nsga3.nondominated_rank(F))
+    assert rank[[3, 7, 11]].min() > rank[np.isfinite(F).all(1)].max()
+    rd = nsga3.reference_directions(3, 4)
+    idx = np.asarray(nsga3.survive(F, 37, rd, jax.random.key(0)))
+    assert set(idx) == set(range(40)) - {3, 7, 11}
+
+
+@pytest.mark.oracle
+def test_survival_matches_pymoo_fronts_and_niche_coverage():
+    from pymoo.algorithms.moo.nsga3 import ReferenceDirectionSurvival
+    from pymoo.core.population import Population
+    from pymoo.core.problem import Problem
+
+    rng = np.random.default_rng(1)
+    rd = nsga3.reference_directions(3, 8)                    # 45 directions
+    survive = nsga3.survive_info
+    for trial in range(4):
+        F = rng.random((120, 3)) ** 2                          # several fronts
+        F = F / np.linalg.norm(F, axis=1, keepdims=True) * rng.uniform(1, 1.3, (120, 1))
+        F = F.astype(np.float32)
+        n_survive = 60
+        info = survive(F, n_survive, rd, jax.random.key(trial))
+        ours = np.asarray(info.indices)
+        assert len(set(ours)) == n_survive
+        pop = Population.new(F=F.astype(np.float64), index=np.arange(120))
+        theirs = ReferenceDirectionSurvival(rd).do(
+            Problem(n_var=1, n_obj=3), pop, n_survive=n_survive,
+            random_state=np.random.default_rng(trial))
+        theirs = theirs.get("index")
+        rank = np.asarray(info.rank)
+        last = rank[ours].max()
+        # Identical accepted fronts, the rest from the same split front.
+        assert set(ours[rank[ours] < last]) == set(theirs[rank[theirs] < last])
+        assert np.all(rank[theirs] <= last)
+        # Niching covers as many reference directions as pymoo's.
+        niche = np.asarray(info.niche)
+        assert len(set(niche[ours])) >= len(set(niche[theirs])) - 1
+
+
+# ------------------------------------------------------------------ DTLZ runs
+def _dtlz(x, m, which):
+    """DTLZ1 (which=0) or DTLZ2 (which=1), x in [0, 1]^n."""
+    xm = x[..., m - 1:]
+    k = xm.shape[-1]
+    g1 = 100 * (k + jnp.sum((xm - .5) ** 2 - jnp.cos(20 * jnp.pi * (xm - .5)), -1))
+    g2 = jnp.sum((xm - .5) ** 2, -1)
+    f1, f2 = [], []
+    for i in range(m):
+        a = 0.5 * (1 + g1) * jnp.prod(x[..., :m - 1 - i], -1)
+        b = (1 + g2) * jnp.prod(jnp.cos(x[..., :m - 1 - i] * jnp.pi / 2), -1)
+        if i > 0:
+            a = a * (1 - x[..., m - 1 - i])
+            b = b * jnp.sin(x[..., m - 1 - i] * jnp.pi / 2)
+        f1.append(a)
+        f2.append(b)
+    return jnp.where(which == 0, jnp.stack(f1, -1), jnp.stack(f2, -1))
+
+
+@functools.partial(jax.jit, static_argnames=("m", "n_var", "pop", "gens"))
+def _run_nsga3(keys, which, m, n_var, pop, gens, ref_dirs):
+    """NSGA-III with SBX(eta 30) + PM(eta 20, 1/n), as pymoo's defaults."""
+    lo, hi = jnp.zeros(n_var), jnp.ones(n_var)
+
+    def one(key):
+        k0, ks = jax.random.split(key)
+        x0 = jax.random.uniform(k0, (pop, n_var))
+        st = nsga3.init(x0, _dtlz(x0, m, which))
+
+        def gen(st, k):
+            k1, k2, k3, k4 = jax.random.split(k, 4)
+            pa = jax.random.permutation(k1, pop)[: pop // 2]
+            pb = jax.random.permutation(k4, pop)[: pop // 2]
+            a, b = op.sbx_crossover(k2, st.population[pa], st.population[pb], lo, hi)
+            off = jnp.concatenate([a, b])
+            off = op.real_polynomial_mutation(k3, off, lo, hi, 1.0 / n_var, 20.0)
+            return nsga3.tell(st, off, _dtlz(off, m, which), ref_dirs, k), None
+
+        st, _ = jax.lax.scan(gen, st, jax.random.split(ks, gens))
+        return st.objectives
+
+    return jax.vmap(one)(keys)
+
+
+@pytest.mark.slow
+@pytest.mark.oracle
+@pytest.mark.parametrize("name,m", [("dtlz2", 3), ("dtlz2", 8), ("dtlz1", 3)])
+def test_dtlz_igd_not_worse_than_pymoo(name, m):
+    """Paper Appendix B scaled to CI: 3 seeds, 100 generations (150 DTLZ1).
+
+    Both runs use the same population, generations, reference directions and
+    real-coded operators (SBX eta 30 / PM eta 20), so only the survival
+    differs (5 and 10 objectives and DTLZ1 beyond 3 run in
+    benchmarks/nsga3_dtlz.py to keep CI short). Fails when our mean IGD exceeds pymoo's by more than 10% plus
+    two standard errors of the difference. DTLZ1 with 5-10 objectives is
+    left to benchmarks: within a CI budget neither run converges and the
+    IGD spread across seeds is larger than the mean.
+    """
+    from pymoo.algorithms.moo.nsga3 import NSGA3
+    from pymoo.optimize import minimize
+    from pymoo.problems import get_problem
+
+    rd = nsga3.default_reference_directions(m, 100)
+    pop = (len(rd) + 3) // 4 * 4
+    seeds = 3
+    which, extra, gens = {"dtlz1": (0, 4, 150), "dtlz2": (1, 9, 100)}[name]
+    if True:
+        n_var = m + extra
+        front = rd * 0.5 if which == 0 else rd / np.linalg.norm(rd, axis=1)[:, None]
+        keys = jax.random.split(jax.random.key(m), seeds)
+        F = np.asarray(_run_nsga3(keys, which, m, n_var, pop, gens,
+                                  jnp.asarray(rd, jnp.float32)))
+        ours = np.array([tradeoff.igd(f, front) for f in F])
+        problem = get_problem(name, n_var=n_var, n_obj=m)
+        theirs = np.array([
+            tradeoff.igd(minimize(problem, NSGA3(ref_dirs=rd, pop_size=pop),
+                                  ("n_gen", gens), seed=s).pop.get("F"), front)
+            for s in range(seeds)])
+        se = np.sqrt(ours.var(ddof=1) / seeds + theirs.var(ddof=1) / seeds)
+        assert ours.mean() <= 1.1 * theirs.mean() + 2 * se, (name, ours, theirs)
