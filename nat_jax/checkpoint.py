@@ -118,3 +118,70 @@ def load_supernet(directory: str):
     shapes = supernet.variable_shapes(model)
     tree, _ = load_pytree(directory, shapes)
     return model, dict(tree)
+
+
+# ------------------------------------------------- adaptation train state
+
+
+class TrainCheckpointer:
+    """Keep-N orbax CheckpointManager for resumable training (adaptation).
+
+    Each step directory holds the train state pytree ("state", restored onto
+    the shardings of a target) and a JSON dict ("extra": the data loader's
+    position and anything else JSON-able). Saves are synchronous, so a
+    checkpoint on disk is complete once `save` returns.
+
+    Args:
+      directory: root directory (created if missing).
+      max_to_keep: number of most recent checkpoints kept.
+    """
+
+    def __init__(self, directory: str, max_to_keep: int = 3):
+        if int(max_to_keep) < 1:
+            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}.")
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=int(max_to_keep), create=True,
+            enable_async_checkpointing=False)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state: Any, extra: dict | None = None) -> None:
+        """Save `state` (pytree) and JSON `extra` as checkpoint `step`."""
+        self._manager.save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            extra=ocp.args.JsonSave(extra or {})), force=True)
+        self._manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
+        """(state, extra) of checkpoint `step` (default: latest).
+
+        `target` is a pytree like the saved state (arrays or
+        ShapeDtypeStructs, with shardings where they should land).
+        """
+        step = self.latest_step() if step is None else int(step)
+        if step is None:
+            raise ValueError(f"No checkpoint under {self.directory}.")
+
+        def abstract(x):
+            sharding = getattr(x, "sharding", None)
+            return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(jax.tree.map(abstract, target)),
+            extra=ocp.args.JsonRestore()))
+        return out["state"], dict(out["extra"] or {})
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

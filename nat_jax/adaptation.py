@@ -1,0 +1,565 @@
+"""Supernet adaptation (NAT paper section 3.6, Algorithm 5, Eq. 3).
+
+Each training step samples one subnet from the archive's per-gene categorical
+distribution (Eq. 3), takes a batch at that subnet's resolution and updates
+only the weights the subnet uses with SGD (momentum 0.9, weight decay 3e-5 not
+on BN or biases, label smoothing 0.1, as OFA), the learning rate cosine
+annealed from 0.01 to 0 as a function of the global step (it continues across
+NAT iterations and across a resume).
+
+The subnet is traced data (`{"ks", "e", "d"}` int32 arrays), so one compiled
+step serves every subnet of a resolution; the resolution gene picks the image
+size, so the genotype is sampled on the host first. Data parallelism is
+`jax.jit` over a 1-D `("data",)` mesh: the batch is sharded on "data", the
+train state replicated; BatchNorm statistics are those of the global batch.
+The same code runs on one CPU, several GPUs, a TPU slice, or several hosts
+after `jax.distributed.initialize()`.
+
+Determinism: the subnet and the dropout key of global step s are
+`fold_in(key, s)` draws and the loader's batch depends only on its step, so a
+resumed run repeats an uninterrupted one bit for bit (same machine, same
+device count).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nat_jax import search_space as ss
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptConfig:
+    """Adaptation hyperparameters (defaults: NAT paper / OFA's training code).
+
+    Attributes:
+      lr: initial learning rate (paper: 0.01), cosine annealed to `lr_end`
+        over `total_steps` (all epochs of all NAT iterations).
+      lr_end: final learning rate.
+      momentum: SGD momentum.
+      nesterov: Nesterov momentum (OFA's `train_ofa_net.py` uses it).
+      weight_decay: L2 on conv/linear kernels and kernel-transform matrices
+        (leaves with ndim >= 2); BN scale/bias and biases are not decayed
+        (OFA's `no_decay_keys="bn#bias"`).
+      label_smoothing: cross-entropy label smoothing (OFA: 0.1).
+      floor: Eq. 3 smoothing; every allowed value of a gene keeps probability
+        at least `floor / num_allowed` (see `gene_distribution`).
+      checkpoint_every: save every this many global steps (with a
+        checkpointer); the end of `adapt` is always saved.
+    """
+
+    lr: float = 0.01
+    lr_end: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 3e-5
+    label_smoothing: float = 0.1
+    floor: float = 0.01
+    checkpoint_every: int = 1000
+
+    def __post_init__(self):
+        if not 0.0 <= self.floor <= 1.0:
+            raise ValueError(f"floor must be in [0, 1], got {self.floor}.")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(
+                f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.checkpoint_every < 1:
+            raise ValueError(
+                f"checkpoint_every must be >= 1, got {self.checkpoint_every}.")
+
+
+# ------------------------------------------------------------------ Eq. 3
+
+
+def gene_distribution(space: ss.SearchSpace, genes, floor: float = 0.01
+                      ) -> np.ndarray:
+    """Per-gene categorical distribution of an archive (paper Eq. 3).
+
+    `p[i, v]` is the frequency of value v at gene position i among the
+    archive's (canonical) genotypes, mixed with a uniform distribution over
+    the values allowed at position i: `(1 - floor) * freq + floor / allowed`.
+    So values never seen keep a small nonzero probability (the sampler can
+    still explore them), values outside the bounds have probability 0, and
+    an empty archive gives the uniform distribution.
+
+    Args:
+      space: the search space.
+      genes: int[n, num_genes] archive genotypes (n may be 0).
+      floor: mixture weight of the uniform part, in [0, 1].
+
+    Returns:
+      float32[num_genes, max(upper_bounds) + 1], rows sum to 1.
+    """
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"floor must be in [0, 1], got {floor}.")
+    g = np.asarray(genes, dtype=np.int64).reshape(-1, space.num_genes)
+    lo, up = space.lower_bounds, space.upper_bounds
+    bad = np.argwhere((g < lo) | (g > up))
+    if len(bad):
+        row, pos = bad[0]
+        raise ValueError(
+            f"Archive genotype {row} has value {g[row, pos]} at position {pos}; "
+            f"allowed {lo[pos]}..{up[pos]}.")
+    g = space.canonicalize(g.astype(np.int32))
+    num_values = int(up.max()) + 1
+    values = np.arange(num_values)
+    allowed = (values >= lo[:, None]) & (values <= up[:, None])
+    uniform = allowed / allowed.sum(1, keepdims=True)
+    if len(g) == 0:
+        return uniform.astype(np.float32)
+    counts = np.stack([np.bincount(g[:, i], minlength=num_values)
+                       for i in range(space.num_genes)])
+    freq = counts / len(g)
+    return ((1.0 - floor) * freq + floor * uniform).astype(np.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("space", "n"))
+def sample_from_distribution(key: jax.Array, probs: jax.Array,
+                             space: ss.SearchSpace, n: int) -> jax.Array:
+    """Draw n canonical genotypes, each gene independently from `probs`.
+
+    Values are clipped to the space's bounds (probabilities outside them are
+    0 anyway) and each stage's skipped slots are moved to its end
+    (`space.canonicalize`), so every draw is a valid canonical genotype.
+
+    Args:
+      key: PRNG key.
+      probs: float[num_genes, V] per-gene probabilities (`gene_distribution`).
+      space: the search space (static).
+      n: number of genotypes (static).
+
+    Returns:
+      int32[n, num_genes].
+    """
+    logits = jnp.log(jnp.asarray(probs, jnp.float32))
+    genes = jax.random.categorical(key, logits, axis=-1,
+                                   shape=(n, space.num_genes))
+    genes = jnp.clip(genes, space.lower_bounds, space.upper_bounds)
+    return space.canonicalize(genes.astype(jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("space",))
+def sample_for_steps(key: jax.Array, probs: jax.Array, space: ss.SearchSpace,
+                     steps: jax.Array) -> jax.Array:
+    """The genotype of each global step: int32[len(steps), num_genes].
+
+    Step s draws from `fold_in(fold_in(key, s), 0)`, so it depends only on
+    (key, probs, s): a resumed run samples the same subnets.
+    """
+    def one(s):
+        k = jax.random.fold_in(jax.random.fold_in(key, s), 0)
+        return sample_from_distribution(k, probs, space, 1)[0]
+    return jax.vmap(one)(steps)
+
+
+def fix_width(probs, space: ss.SearchSpace, width: float) -> np.ndarray:
+    """`probs` with the width gene (position 1) pinned to `width`.
+
+    A supernet has one width multiplier; its adaptation samples only that.
+    """
+    out = np.array(probs, np.float32, copy=True)
+    out[1] = 0.0
+    out[1, space.width_index(width)] = 1.0
+    return out
+
+
+# ------------------------------------------------------ active weights
+
+
+def active_param_mask(space: ss.SearchSpace, width: float, params: Any,
+                      arch: dict[str, jax.Array]) -> Any:
+    """bool pytree like `params`: the entries subnet `arch` uses.
+
+    Exactly these entries can receive a nonzero gradient; all others get an
+    exactly zero gradient and are frozen by the optimiser (their momentum too).
+    Every parameter outside the elastic blocks is active. For elastic block b
+    (stage s, slot j; `mid` = active expanded channels, `se` = active SE
+    channels, `k` = active kernel, kernels sorted k_0 < ... < k_n):
+
+    * the whole block is inactive when it is skipped (j >= d[s]);
+    * expand_kernel[..., :mid], expand_bn/depthwise_bn[:mid],
+      project_kernel[:, :, :mid, :], project_bn all;
+    * depthwise kernel channels [:mid], spatially: everything for k = k_n,
+      else the centre k_{n-1} x k_{n-1} (OFA's transform reads only it; the
+      outer ring gets zero gradient from a smaller kernel);
+    * transform matrix m{k_{i+1}}to{k_i}: unused when k > k_i; all entries
+      when k == k_i; when k < k_i only the rows that produce the centre
+      k_{i-1} x k_{i-1} of the k_i kernel (all columns);
+    * SE: reduce kernel [:mid, :se], reduce bias [:se], expand kernel
+      [:se, :mid], expand bias [:mid].
+
+    Args:
+      space, width: the supernet's space and width multiplier.
+      params: the supernet's params (names of `nat_jax.supernet.Supernet`).
+      arch: traced {"ks", "e", "d"} int32 arrays.
+
+    Raises:
+      ValueError: a block parameter this function does not know.
+    """
+    ks = sorted(space.kernels)
+    c_ins = space.block_in_channels(width)
+    out = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
+    for b in range(space.num_blocks):
+        name = f"block_{b + 1}"
+        if name not in params:
+            raise ValueError(f"Supernet params have no {name!r}; got "
+                             f"{sorted(params)}.")
+        s, j = divmod(b, space.max_depth)
+        gate = jnp.asarray(True) if j < space.min_depth else j < arch["d"][s]
+        k, e = arch["ks"][b], arch["e"][b]
+        mids = [space.mid_channels(c_ins[b], x) for x in space.expands]
+        mid = _pick(e, space.expands, mids)
+        se = _pick(e, space.expands, [ss.make_divisible(m // 4, 8) for m in mids])
+        out[name] = _block_mask(params[name], ks, k, mid, se, gate)
+    return out
+
+
+def _pick(value, choices, table):
+    res = jnp.int32(0)
+    for c, t in zip(choices, table):
+        res = jnp.where(value == c, jnp.int32(t), res)
+    return res
+
+
+def _first(n, size):
+    return jnp.arange(size) < n
+
+
+def _block_mask(bp: dict, ks: list[int], k, mid, se, gate) -> dict:
+    def vec(p, n):
+        return jnp.broadcast_to(_first(n, p.shape[-1]), p.shape) & gate
+
+    out = {}
+    for pname, p in bp.items():
+        if pname in ("expand_bn", "depthwise_bn"):
+            out[pname] = {q: vec(v, mid) for q, v in p.items()}
+        elif pname == "project_bn":
+            out[pname] = {q: jnp.broadcast_to(gate, v.shape) for q, v in p.items()}
+        elif pname in ("expand_kernel", "se_expand_bias"):
+            out[pname] = vec(p, mid)
+        elif pname == "se_reduce_bias":
+            out[pname] = vec(p, se)
+        elif pname == "project_kernel":
+            out[pname] = _first(mid, p.shape[2])[None, None, :, None] & gate
+            out[pname] = jnp.broadcast_to(out[pname], p.shape)
+        elif pname == "se_reduce_kernel":
+            m = _first(mid, p.shape[2])[:, None] & _first(se, p.shape[3])[None]
+            out[pname] = jnp.broadcast_to(m & gate, p.shape)
+        elif pname == "se_expand_kernel":
+            m = _first(se, p.shape[2])[:, None] & _first(mid, p.shape[3])[None]
+            out[pname] = jnp.broadcast_to(m & gate, p.shape)
+        elif pname == "depthwise":
+            out[pname] = _depthwise_mask(p, ks, k, mid, gate)
+        else:
+            raise ValueError(f"Unknown elastic-block parameter {pname!r}; "
+                             "active_param_mask needs updating.")
+    return out
+
+
+def _centre(size: int, inner: int) -> jax.Array:
+    lo = (size - inner) // 2
+    r = (jnp.arange(size) >= lo) & (jnp.arange(size) < lo + inner)
+    return r[:, None] & r[None, :]
+
+
+def _depthwise_mask(p: dict, ks: list[int], k, mid, gate) -> dict:
+    kmax = ks[-1]
+    out = {}
+    for qname, v in p.items():
+        if qname == "kernel":
+            spatial = jnp.where(k == kmax, True, _centre(kmax, ks[-2])) if len(
+                ks) > 1 else jnp.ones((kmax, kmax), bool)
+            m = spatial[:, :, None, None] & _first(mid, v.shape[-1])
+            out[qname] = jnp.broadcast_to(m & gate, v.shape)
+            continue
+        i = next((i for i in range(len(ks) - 1)
+                  if qname == f"m{ks[i + 1]}to{ks[i]}"), None)
+        if i is None:
+            raise ValueError(f"Unknown depthwise parameter {qname!r}.")
+        small = ks[i]
+        rows_all = jnp.ones((small * small,), bool)
+        rows_centre = (_centre(small, ks[i - 1]).reshape(-1) if i > 0
+                       else rows_all)
+        rows = jnp.where(k == small, rows_all,
+                         jnp.where(k < small, rows_centre, False))
+        out[qname] = jnp.broadcast_to(rows[:, None] & gate, v.shape)
+    return out
+
+
+# ------------------------------------------------------------ training
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed adaptation needs besides the data loader position.
+
+    Attributes:
+      params, batch_stats: supernet variables.
+      opt_state: {"momentum": pytree like params}.
+      step: int32 scalar, global step (drives the learning rate schedule).
+      key: uint32[2] raw PRNG key data; step s uses `fold_in(key, s)`.
+      total_steps: length of the cosine schedule (static).
+    """
+
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: jax.Array
+    key: jax.Array
+    total_steps: int = flax.struct.field(pytree_node=False, default=1)
+
+
+def create_train_state(model, variables: dict, config: AdaptConfig,
+                       total_steps: int, key: jax.Array | int = 0) -> TrainState:
+    """A fresh TrainState at step 0.
+
+    Args:
+      model: the `Supernet` (unused beyond validation, kept for symmetry).
+      variables: {"params", "batch_stats"} from `init_supernet`.
+      config: AdaptConfig.
+      total_steps: schedule length: iterations x epochs x steps per epoch.
+      key: PRNG key (typed or raw) or an int seed for subnet/dropout draws.
+    """
+    del config
+    if int(total_steps) < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+    if not hasattr(model, "space"):
+        raise ValueError("model must be a nat_jax.supernet.Supernet.")
+    if isinstance(key, int):
+        key = jax.random.PRNGKey(key)
+    elif jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    params = variables["params"]
+    return TrainState(
+        params=params, batch_stats=variables["batch_stats"],
+        opt_state={"momentum": jax.tree.map(jnp.zeros_like, params)},
+        step=jnp.zeros((), jnp.int32), key=jnp.asarray(key, jnp.uint32),
+        total_steps=int(total_steps))
+
+
+def learning_rate(step, total_steps: int, config: AdaptConfig) -> jax.Array:
+    """Cosine from `config.lr` at step 0 to `config.lr_end` at total_steps."""
+    t = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
+    return config.lr_end + 0.5 * (config.lr - config.lr_end) * (
+        1.0 + jnp.cos(jnp.pi * t))
+
+
+def masked_sgd(params, grads, momentum, mask, lr, config: AdaptConfig):
+    """PyTorch-style SGD (decay, momentum, Nesterov) on the `mask` entries only.
+
+    Returns:
+      (new params, new momentum); unmasked entries of both are unchanged.
+    """
+    def leaf(p, g, buf, m):
+        if p.ndim >= 2 and config.weight_decay:
+            g = g + config.weight_decay * p
+        new_buf = config.momentum * buf + g
+        d = g + config.momentum * new_buf if config.nesterov else new_buf
+        return jnp.where(m, p - lr * d, p), jnp.where(m, new_buf, buf)
+
+    both = jax.tree.map(leaf, params, grads, momentum, mask)
+    new_p = jax.tree.map(lambda _, t: t[0], params, both)
+    new_m = jax.tree.map(lambda _, t: t[1], params, both)
+    return new_p, new_m
+
+
+def loss_fn(model, params, batch_stats, batch, arch, dropout_key,
+            label_smoothing: float):
+    """Smoothed cross-entropy of subnet `arch`; aux = (logits, batch_stats)."""
+    logits, upd = model.apply(
+        {"params": params, "batch_stats": batch_stats}, batch["image"], arch,
+        train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+    targets = jax.nn.one_hot(batch["label"], logits.shape[-1])
+    targets = optax.smooth_labels(targets, label_smoothing)
+    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
+    return loss, (logits, upd["batch_stats"])
+
+
+def train_step(state: TrainState, batch: dict, arch: dict, *, model,
+               config: AdaptConfig) -> tuple[TrainState, dict]:
+    """One SGD step of subnet `arch` on `batch` (pure; jit it, see `adapt`).
+
+    Args:
+      state: TrainState.
+      batch: {"image": float32[B, R, R, 3], "label": int32[B]}.
+      arch: {"ks", "e", "d"} int32 arrays of the subnet.
+      model: the Supernet (static).
+      config: AdaptConfig (static).
+
+    Returns:
+      (new state, {"loss", "top1" (batch accuracy, fraction), "lr"}).
+    """
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    dropout_key = jax.random.fold_in(key, 1)
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+        functools.partial(loss_fn, model), has_aux=True)(
+            state.params, state.batch_stats, batch, arch, dropout_key,
+            config.label_smoothing)
+    lr = learning_rate(state.step, state.total_steps, config)
+    mask = active_param_mask(model.space, model.width, state.params, arch)
+    params, momentum = masked_sgd(state.params, grads,
+                                  state.opt_state["momentum"], mask, lr, config)
+    top1 = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    new = state.replace(params=params, batch_stats=batch_stats,
+                        opt_state={"momentum": momentum}, step=state.step + 1)
+    return new, {"loss": loss, "top1": top1, "lr": lr}
+
+
+# ------------------------------------------------------------- sharding
+
+
+def data_mesh(devices=None) -> jax.sharding.Mesh:
+    """1-D ("data",) mesh over `devices` (default: all devices of all hosts).
+
+    Built with `Mesh` directly: `jax.make_mesh` would default to Explicit axes.
+    """
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+    """Put a pytree on every device of `mesh` (replicated)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+    """Shard the leading (batch) axis of every array over the "data" axis.
+
+    With several processes every host holds the same global batch (same
+    loader seed) and contributes the rows of its own devices.
+    """
+    sharding = NamedSharding(mesh, P("data"))
+    if jax.process_count() == 1:
+        return jax.device_put(batch, sharding)
+    n_proc, idx = jax.process_count(), jax.process_index()
+
+    def put(x):
+        x = np.asarray(x)
+        per = x.shape[0] // n_proc
+        return jax.make_array_from_process_local_data(
+            sharding, x[idx * per:(idx + 1) * per], x.shape)
+    return jax.tree.map(put, batch)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_train_step(model, config: AdaptConfig, mesh: jax.sharding.Mesh):
+    """`train_step` jitted over `mesh`: batch on "data", the rest replicated.
+
+    One compile per resolution (image shape); the subnet is traced.
+    """
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    fn = functools.partial(train_step, model=model, config=config)
+    return jax.jit(fn, in_shardings=(repl, data, repl),
+                   out_shardings=(repl, repl), donate_argnums=0)
+
+
+def adapt(state: TrainState, model, loader, probs, num_steps: int,
+          config: AdaptConfig, mesh: jax.sharding.Mesh | None = None,
+          checkpointer=None, progress: Callable[[int, dict], None] | None = None
+          ) -> tuple[TrainState, dict]:
+    """Algorithm 5: `num_steps` steps, each on one subnet drawn from `probs`.
+
+    Per step (host side): the step's genotype (`sample_for_steps`, with the
+    width gene pinned to the supernet's), the loader's batch at its
+    resolution, then the jitted step. The loss of step s is checked while
+    step s + 1 runs (and before every checkpoint): a non-finite loss raises.
+
+    Args:
+      state: TrainState (e.g. `create_train_state` or restored).
+      model: the Supernet.
+      loader: `nat_jax.pipeline.TrainLoader`-like: `.next(resolution)` gives
+        {"image", "label"} numpy arrays (the global batch), `.state()`.
+      probs: float[num_genes, V] from `gene_distribution`.
+      num_steps: steps to run now.
+      config: AdaptConfig.
+      mesh: ("data",) mesh (default `data_mesh()`).
+      checkpointer: `nat_jax.checkpoint.TrainCheckpointer` or None; saves
+        every `config.checkpoint_every` global steps and at the end.
+      progress: called as progress(step, {"loss", "top1", "lr", "genes"})
+        after each step's loss is checked.
+
+    Returns:
+      (state, metrics) with metrics "steps", "loss" (mean), "last_loss",
+      "top1" (mean batch accuracy, %), "images_per_s", "data_s", "step_s"
+      (dispatch), "sync_s" (waiting for results), "wall_s".
+
+    Raises:
+      RuntimeError: non-finite loss (names the step and the genotype); the
+        last checkpoint is not overwritten.
+    """
+    space = model.space
+    mesh = data_mesh() if mesh is None else mesh
+    step_fn = jitted_train_step(model, config, mesh)
+    state = replicate(state, mesh)
+    start = int(state.step)
+    probs = fix_width(probs, space, model.width)
+    all_genes = np.asarray(sample_for_steps(
+        jax.random.wrap_key_data(state.key), probs, space,
+        np.arange(start, start + num_steps, dtype=np.int32)))
+    times = {"data_s": 0.0, "step_s": 0.0, "sync_s": 0.0}
+    losses, accs, pending = [], [], None
+    n_images, t_start = 0, time.perf_counter()
+
+    def check(p):
+        step, genes, m = p
+        t = time.perf_counter()
+        m = jax.device_get(m)
+        times["sync_s"] += time.perf_counter() - t
+        loss = float(m["loss"])
+        if not math.isfinite(loss):
+            raise RuntimeError(
+                f"Non-finite loss {loss} at global step {step} on subnet "
+                f"genes={genes.tolist()} ({space.decode(genes)}); training "
+                "stopped, the last checkpoint was kept.")
+        losses.append(loss)
+        accs.append(float(m["top1"]))
+        if progress is not None:
+            progress(step, {"loss": loss, "top1": float(m["top1"]),
+                            "lr": float(m["lr"]), "genes": genes})
+
+    for i in range(num_steps):
+        step, genes = start + i, all_genes[i]
+        t = time.perf_counter()
+        batch = loader.next(space.resolutions[int(genes[0])])
+        batch = shard_batch({"image": batch["image"], "label": batch["label"]},
+                            mesh)
+        arch = space.genes_to_arrays(genes)
+        t2 = time.perf_counter()
+        times["data_s"] += t2 - t
+        state, m = step_fn(state, batch, arch)
+        times["step_s"] += time.perf_counter() - t2
+        n_images += batch["label"].shape[0]
+        if pending is not None:
+            check(pending)
+        pending = (step, genes, m)
+        done = step + 1
+        if checkpointer is not None and (done % config.checkpoint_every == 0
+                                         or i == num_steps - 1):
+            check(pending)
+            pending = None
+            checkpointer.save(done, state, {"loader": loader.state()})
+    if pending is not None:
+        check(pending)
+    jax.block_until_ready(state)
+    wall = time.perf_counter() - t_start
+    metrics = {
+        "steps": num_steps,
+        "loss": float(np.mean(losses)) if losses else math.nan,
+        "last_loss": losses[-1] if losses else math.nan,
+        "top1": 100.0 * float(np.mean(accs)) if accs else math.nan,
+        "images_per_s": n_images / wall if wall > 0 else math.nan,
+        "wall_s": wall, **times,
+    }
+    return state, metrics
