@@ -30,7 +30,13 @@ DEPTHWISE_IMPLS = ("conv", "shift")
 BN_MODES = ("eval", "train", "collect")
 
 # OFA's init: conv kaiming normal with fan_out (k*k*out), linear U(+-1/sqrt(in)).
-conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+def conv_std(shape: Sequence[int]) -> float:
+    """Std of OFA's conv init for an HWIO kernel: sqrt(2 / (k * k * out))."""
+    return float((2.0 / (shape[0] * shape[1] * shape[3])) ** 0.5)
+
+
+def conv_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    return conv_std(shape) * jax.random.normal(key, shape, dtype)
 
 
 def linear_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:

@@ -13,7 +13,7 @@ import types
 import numpy as np
 
 
-def _stub_torchvision() -> None:
+def stub_torchvision() -> None:
     if "torchvision" in sys.modules:
         return
     tv = types.ModuleType("torchvision")
@@ -34,7 +34,7 @@ def _stub_torchvision() -> None:
 
 def build(width: float, n_classes: int = 10, seed: int = 0):
     """A randomised OFAMobileNetV3 (k357, e346, d234) in eval mode."""
-    _stub_torchvision()
+    stub_torchvision()
     import torch
     from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3
 
@@ -73,3 +73,53 @@ def logits(net, arch, images_nhwc: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
     with torch.no_grad():
         return net(x).numpy()
+
+
+# A search space whose resolutions include the small test sizes (the supernet
+# itself does not depend on resolutions).
+def small_space():
+    import dataclasses
+
+    from nat_jax import search_space as ss
+
+    return dataclasses.replace(ss.OFA_MBV3, resolutions=(32, 48, 64, 224))
+
+
+_PAIRS: dict = {}
+
+
+def pair(width: float):
+    """(torch net, legacy state dict, nat-jax model, variables), cached per width."""
+    if width not in _PAIRS:
+        from nat_jax import pretrained
+
+        net = build(width, seed=int(width * 10))
+        sd = legacy_state_dict(net)
+        # grouped-conv depthwise compiles 2-3x faster; test_supernet checks that
+        # "shift" gives the same outputs, and the 224 check uses "shift".
+        model, variables = pretrained.convert_state_dict(
+            sd, width, space=small_space(), depthwise_impl="conv")
+        _PAIRS[width] = (net, sd, model, variables)
+    return _PAIRS[width]
+
+
+def bn_stats_as_ofa(variables, space) -> dict[str, np.ndarray]:
+    """nat-jax batch_stats keyed by canonical OFA names."""
+    from nat_jax import pretrained
+
+    out = {}
+    for key, (col, path, _) in pretrained.ofa_key_map(space).items():
+        if col == "batch_stats":
+            v = variables[col]
+            for p in path:
+                v = v[p]
+            out[key] = np.asarray(v)
+    return out
+
+
+def torch_bn_stats(net) -> dict[str, np.ndarray]:
+    from nat_jax import pretrained
+
+    return {pretrained.canonical_key(k): v.numpy().copy()
+            for k, v in net.state_dict().items()
+            if k.endswith("running_mean") or k.endswith("running_var")}

@@ -1,0 +1,183 @@
+"""Masked supernet: one compile for many subnets, BN semantics (vs PyTorch
+`ofa` in train mode and `set_running_statistics`), depthwise implementations."""
+
+import copy
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ofa_oracle
+from nat_jax import layers, supernet
+from nat_jax import search_space as ss
+
+TINY = ss.SearchSpace.tiny()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, variables = supernet.init_supernet(TINY, 1.0, 10, jax.random.key(0),
+                                              depthwise_impl="conv")
+    # non-trivial BN statistics
+    variables["batch_stats"] = jax.tree.map(
+        lambda v: v + 0.3 * jax.random.uniform(jax.random.key(v.size), v.shape),
+        variables["batch_stats"])
+    return model, variables
+
+
+def test_one_compile_serves_many_subnets(tiny):
+    model, variables = tiny
+    tx = optax.sgd(0.01, momentum=0.9)
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def step(params, stats, opt, x, y, arch, key):
+        def loss_fn(p):
+            logits, upd = model.apply({"params": p, "batch_stats": stats}, x, arch,
+                                      train=True, rngs={"dropout": key},
+                                      mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, upd["batch_stats"]
+        (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), stats, opt, loss
+
+    params, stats = variables["params"], variables["batch_stats"]
+    opt = tx.init(params)
+    x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+    y = jnp.arange(4) % 10
+    arrays = supernet.sample_arch_arrays(TINY, jax.random.key(2), 24)
+    before = supernet._predict._cache_size()
+    seen = set()
+    for i in range(24):
+        arch = jax.tree.map(lambda a: a[i], arrays)
+        seen.add(tuple(np.concatenate([arch["ks"], arch["e"], arch["d"]])))
+        params, stats, opt, loss = step(params, stats, opt, x, y, arch,
+                                        jax.random.key(i))
+        assert np.isfinite(float(loss))
+        a = ss.Arch.from_ofa(arch["ks"], arch["e"], arch["d"], 32, 1.0, TINY)
+        supernet.predict(model, {"params": params, "batch_stats": stats}, x, a)
+    assert len(seen) >= 20
+    assert supernet._predict._cache_size() - before == 1
+
+
+def test_train_step_matches_ofa_and_keeps_inactive_stats():
+    import torch
+
+    net, _, model, variables = ofa_oracle.pair(1.0)
+    sp = model.space
+    # 64 px, batch 4: at 32 px / batch 3 the last stages normalise 3 values per
+    # channel and float32 torch itself is 3e-4 away from float64 torch.
+    arch = ss.Arch.from_ofa([3, 7, 5, 3] * 5, [3, 6, 4, 3] * 5, [2, 3, 4, 2, 3], 64,
+                            1.0, sp)
+    x = np.random.RandomState(3).randn(4, 64, 64, 3).astype(np.float32)
+    tnet = copy.deepcopy(net)
+    tnet.set_active_subnet(**arch.to_ofa())
+    tnet.train()
+    with torch.no_grad():
+        ref = tnet(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+    m0 = model.clone(dropout_rate=0.0)
+    logits, upd = m0.apply(variables, x, arch.as_arrays(), train=True,
+                           mutable=["batch_stats"])
+    np.testing.assert_allclose(logits, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+    ours = ofa_oracle.bn_stats_as_ofa(upd, sp)
+    want = ofa_oracle.torch_bn_stats(tnet)
+    old = ofa_oracle.bn_stats_as_ofa(variables, sp)
+    for k in ours:
+        np.testing.assert_allclose(ours[k], want[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    # explicit: block 4 (stage 0, slot 3) is skipped, block 1 runs e3 (48 of 96)
+    for k in ours:
+        if k.startswith("blocks.4."):
+            np.testing.assert_array_equal(ours[k], old[k])
+    k = "blocks.1.conv.inverted_bottleneck.bn.running_var"
+    np.testing.assert_array_equal(ours[k][48:], old[k][48:])
+    assert np.all(ours[k][:48] != old[k][:48])
+
+
+def test_recalibrate_matches_ofa_set_running_statistics():
+    import torch
+
+    ofa_oracle.stub_torchvision()
+    from ofa.imagenet_classification.elastic_nn.utils import set_running_statistics
+
+    net, _, model, variables = ofa_oracle.pair(1.2)
+    sp = model.space
+    arch = ss.Arch.from_ofa([5, 3, 7, 5] * 5, [4, 3, 6, 6] * 5, [3, 2, 4, 3, 2], 64,
+                            1.2, sp)
+    rng = np.random.RandomState(4)
+    batches = [rng.randn(n, 64, 64, 3).astype(np.float32) for n in (4, 2)]
+    tnet = copy.deepcopy(net)
+    tnet.set_active_subnet(**arch.to_ofa())
+    loader = [(torch.from_numpy(b.transpose(0, 3, 1, 2).copy()), None)
+              for b in batches]
+    set_running_statistics(tnet, loader)
+    new = supernet.recalibrate_bn(model, variables, arch,
+                                  [(b, None) for b in batches])
+    ours = ofa_oracle.bn_stats_as_ofa(new, sp)
+    want = ofa_oracle.torch_bn_stats(tnet)
+    old = ofa_oracle.bn_stats_as_ofa(variables, sp)
+    changed = 0
+    for k in ours:
+        np.testing.assert_allclose(ours[k], want[k], rtol=1e-4,
+                                   atol=1e-4 * np.abs(want[k]).max(), err_msg=k)
+        changed += int(np.any(ours[k] != old[k]))
+    assert changed > 50
+    x = batches[0]
+    a = np.asarray(supernet.predict(model, new, x, arch))
+    np.testing.assert_allclose(a, ofa_oracle.logits(tnet, arch, x), rtol=0,
+                               atol=1e-4 * np.abs(a).max())
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_depthwise_impls_agree(stride):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, 5))
+    w = jax.random.normal(jax.random.key(1), (7, 7, 1, 5))
+    a = layers.depthwise_conv(x, w, stride, "conv")
+    b = layers.depthwise_conv(x, w, stride, "shift")
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert a.shape == (2, (9 - 1) // stride + 1, (9 - 1) // stride + 1, 5)
+
+
+def test_supernet_impls_agree_and_masked_grads(tiny):
+    model, variables = tiny
+    x = jax.random.normal(jax.random.key(5), (2, 40, 40, 3))
+    arch = ss.Arch.from_ofa([3, 5, 7, 5], [3, 4, 6, 3], [2, 1], 40, 1.0, TINY)
+    outs = [supernet.predict(model.clone(depthwise_impl=impl), variables, x, arch)
+            for impl in ("conv", "shift")]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+
+    def loss(p):
+        return model.apply({"params": p, "batch_stats": variables["batch_stats"]},
+                           x, arch.as_arrays()).sum()
+    g = jax.grad(loss)(variables["params"])
+    mid = TINY.mid_channels(8, 3)  # block 1: C_in 8, e3
+    assert not np.any(g["block_1"]["expand_kernel"][..., mid:])
+    assert np.any(g["block_1"]["expand_kernel"][..., :mid])
+    assert not any(np.any(v) for v in jax.tree.leaves(g["block_4"]))  # skipped
+
+
+def test_init_laws(tiny):
+    model, variables = tiny
+    shapes = supernet.variable_shapes(model)
+    assert jax.tree.structure(shapes) == jax.tree.structure(variables)
+    k = variables["params"]["block_2"]["expand_kernel"]
+    assert abs(float(k.std()) / layers.conv_std(k.shape) - 1) < 0.05
+    m = variables["params"]["block_2"]["depthwise"]["m7to5"]
+    np.testing.assert_array_equal(m, np.eye(25))
+    c = variables["params"]["classifier_kernel"]
+    assert float(jnp.abs(c).max()) <= 1 / np.sqrt(c.shape[0])
+
+
+def test_predict_errors(tiny):
+    model, variables = tiny
+    x = jnp.zeros((1, 32, 32, 3))
+    with pytest.raises(ValueError, match="resolution is 40"):
+        supernet.predict(model, variables, x, TINY.max_arch(40))
+    other = ss.Arch(32, 1.2, TINY.max_arch().ks, TINY.max_arch().e, (2, 2))
+    with pytest.raises(ValueError, match="width"):
+        supernet.predict(model, variables, x, other)
+    with pytest.raises(ValueError, match="depthwise_impl"):
+        supernet.init_supernet(TINY, 1.0, 3, jax.random.key(0), depthwise_impl="fft")
