@@ -167,8 +167,10 @@ def _search_core(key, archive_genes, archive_errors, archive_valid,
                                     archive_valid, config.n_members,
                                     config.sample_fraction, n_feat)
 
+    fast = predictor.evaluator(params)
+
     def evaluate(genes):
-        err = predictor.predict_ensemble(params, genes)
+        err = predictor.evaluate(fast, genes)
         return jnp.concatenate([err[:, None], complexity_fn(genes)], axis=1)
 
     arch_f = jnp.concatenate([archive_errors[:, None], complexity_fn(archive_genes)],

@@ -185,20 +185,48 @@ _fit_ensemble_jit = jax.jit(fit_ensemble, static_argnames=(
     "n_members", "sample_fraction", "n_features"))
 
 
+class Evaluator(flax.struct.PyTreeNode):
+    """Ensemble flattened for fast evaluation (see `evaluator`).
+
+    basis: float32[2d + 1, M * s]; weights: float32[M * s] (already / M);
+    tail: float32[d + 1] mean linear tail; scaler: Scaler.
+    """
+
+    basis: jax.Array
+    weights: jax.Array
+    tail: jax.Array
+    scaler: Scaler
+
+
+def evaluator(params: RBFParams) -> Evaluator:
+    """Precomputes the ensemble as one matrix product (hoist out of loops).
+
+    With masked centres, the squared distance of member m's centre i to x is
+    `(x*x) . mask_m - 2 x . c_mi + |c_mi|^2 = [x*x, x, 1] @ basis[:, (m, i)]`,
+    so all M * s distances come from one [n, 2d+1] x [2d+1, M*s] product.
+    """
+    m, s, d = params.centers.shape
+    c = params.centers.reshape(-1, d)
+    mask = jnp.repeat(params.mask, s, axis=0)
+    basis = jnp.concatenate([mask.T, -2.0 * c.T, jnp.sum(c * c, -1)[None]], 0)
+    return Evaluator(basis, params.weights.reshape(-1) / m, params.tail.mean(0),
+                     params.scaler)
+
+
+def evaluate(ev: Evaluator, X: jax.Array) -> jax.Array:
+    """Ensemble mean prediction from an `Evaluator`, float32[n] (jittable)."""
+    xs = _scale_x(ev.scaler, X)
+    aug = jnp.concatenate([xs * xs, xs, jnp.ones((xs.shape[0], 1))], 1)
+    d2 = jnp.maximum(aug @ ev.basis, 0.0)
+    # An explicit multiply-and-sum runs ~2x faster than a matvec on XLA:CPU.
+    out = jnp.sum(d2 * jnp.sqrt(d2) * ev.weights, axis=-1)
+    out = out + ev.tail[0] + xs @ ev.tail[1:]
+    return out * ev.scaler.y_std + ev.scaler.y_mean
+
+
 def predict_ensemble(params: RBFParams, X: jax.Array) -> jax.Array:
     """Mean prediction of all members, float32[n] in target units (jittable)."""
-    xs = _scale_x(params.scaler, X)                                # [n, d]
-    c = params.centers                                             # [M, s, d]
-    n_members, s, d = c.shape
-    xsq = (xs * xs) @ params.mask.T                                # [n, M]
-    csq = jnp.sum(c * c, axis=-1)                                  # [M, s]
-    cross = (xs @ c.reshape(-1, d).T).reshape(-1, n_members, s)    # [n, M, s]
-    d2 = jnp.maximum(xsq[:, :, None] + csq[None] - 2.0 * cross, 0.0)
-    r3 = (d2 * jnp.sqrt(d2)).reshape(xs.shape[0], -1)
-    out = r3 @ params.weights.reshape(-1) / n_members
-    tail = params.tail.mean(0)
-    out = out + tail[0] + xs @ tail[1:]
-    return out * params.scaler.y_std + params.scaler.y_mean
+    return evaluate(evaluator(params), X)
 
 
 _predict_jit = jax.jit(predict_ensemble)
