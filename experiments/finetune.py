@@ -1,0 +1,103 @@
+r"""Fine-tune a subnet of a NAT run with inherited weights (paper section 4.3).
+
+Usage:
+  python -m experiments.finetune --supernet_dir=runs/default --pick=0
+  python -m experiments.finetune --supernet_dir=runs/default \
+      --arch='[1, 0, 4, 7, 5, 9]' --workdir=runs/default/finetune_custom
+  python -m experiments.finetune --supernet_dir=runs/dtd --pick=1 \
+      --config=experiments/configs/finetune.py:paper
+
+--supernet_dir is a transfer workdir (its supernet/, dataset and picks are
+used) or a supernet checkpoint directory. --pick=N fine-tunes
+result.json["picks"][N]; --arch takes what experiments.describe takes (an
+encoding, a JSON gene list / net.subnet / net.config, or a file). The subnet
+is extracted with its weights, BN re-calibrated and evaluated, fine-tuned on
+train + val, evaluated on the test split and saved to WORKDIR/model (loadable
+with nat_jax.export.load_subnet). Rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import cli
+
+_CONFIG_FILE = os.path.join(os.path.dirname(__file__), "configs", "finetune.py")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", f"{_CONFIG_FILE}:tiny", "Config file[:variant] (tiny or paper).",
+    lock_config=True)
+_SUPERNET_DIR = flags.DEFINE_string(
+    "supernet_dir", None, "Transfer workdir, or a supernet checkpoint directory.")
+_ARCH = flags.DEFINE_string("arch", None, "Subnet: encoding, genes, JSON or file.")
+_PICK = flags.DEFINE_integer("pick", None, "Index into result.json['picks'].")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Output dir (default SUPERNET_DIR/finetune_pickN or "
+    "SUPERNET_DIR/finetune_arch); rerunning resumes.")
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "Dataset (default: the transfer run's, else the embedded one).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared data directory.")
+
+
+def transfer_dataset(supernet_dir: str) -> tuple[str | None, str | None]:
+    """(dataset, data_dir) recorded in a transfer workdir's config.json."""
+    path = pathlib.Path(supernet_dir) / "config.json"
+    if not path.is_file():
+        return None, None
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"{path} is corrupt.") from None
+    return cfg.get("dataset"), cfg.get("data_dir") or None
+
+
+@cli.one_line_errors
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not _SUPERNET_DIR.value:
+        raise ValueError("--supernet_dir is required (a transfer workdir or a "
+                         "supernet checkpoint directory).")
+    if (_ARCH.value is None) == (_PICK.value is None):
+        raise ValueError("Give exactly one of --arch and --pick.")
+    if not os.path.isdir(_SUPERNET_DIR.value):
+        raise ValueError(f"--supernet_dir {_SUPERNET_DIR.value} does not exist.")
+    from nat_jax import checkpoint, data, finetune, search_space
+
+    sdir = _SUPERNET_DIR.value
+    meta = checkpoint.load_metadata(finetune.resolve_supernet_dir(sdir))
+    space = checkpoint.space_from_json(meta.get("space", {}))
+    if _PICK.value is not None:
+        arch = finetune.pick_arch(sdir, _PICK.value, space)
+        name = f"finetune_pick{_PICK.value}"
+    else:
+        text = _ARCH.value
+        if text.strip()[:1] not in "[{" and os.path.isfile(text):
+            text = pathlib.Path(text).read_text()
+        elif text.strip()[:1] not in "[{" and not text.strip().isdigit():
+            raise ValueError(f"--arch {text!r} is neither an encoding nor a file.")
+        arch = search_space.parse_arch(text, space)
+        name = "finetune_arch"
+    dataset, data_dir = transfer_dataset(sdir)
+    dataset = _DATASET.value or dataset or data.EMBEDDED
+    data_dir = _DATA_DIR.value or data_dir
+    ds = data.load(dataset, data_dir=data_dir)
+    c = _CONFIG.value
+    cfg = finetune.make_config(c, len(ds.train) + len(ds.val))
+    workdir = _WORKDIR.value or os.path.join(sdir, name)
+    logging.info("Fine-tuning %s on %s in %s:\n%s", arch, dataset, workdir, cfg)
+    res = finetune.run(cfg, workdir, sdir, arch, dataset, data_dir,
+                       eval_batch_size=c.eval_batch_size,
+                       calib_images=c.calib_images)
+    print(json.dumps({"workdir": workdir, "model_dir": os.path.join(workdir, "model"),
+                      "test_top1_before": res["before"]["top1"],
+                      "test_top1_after": res["after"]["top1"],
+                      "test_top5_after": res["after"]["top5"]}))
+
+
+if __name__ == "__main__":
+    app.run(main)

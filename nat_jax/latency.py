@@ -1,0 +1,471 @@
+"""Latency of subnets on the current backend: measured, and a lookup table.
+
+* `measure(fn, *args)`: median wall time (ms) of a jitted function after
+  warm-up; `subnet_latency(model, variables, resolution, batch_size)` times an
+  extracted subnet's eval-mode forward; `arch_latency(space, arch, ...)` does
+  the same with random weights (latency does not depend on weight values).
+* `build_table(space, ...)`: a per-layer lookup table, built once per device:
+  the stem (first conv + first block), every block slot x (kernel, expand)
+  option x resolution, and the head (final expand, pool, feature mix,
+  classifier) are each timed as their own small jitted function. Distinct
+  layer configurations are timed once (later slots of a stage share one).
+  The per-call dispatch overhead (timed on a trivial jitted function) is
+  subtracted from every layer and added once per network. A subnet's
+  predicted latency is `fixed[res, width] + sum_b block[res, width, b, gene_b]`
+  (gene 0 = skipped = 0 ms): the same gather + sum as
+  `objectives.CostTables`, so it is exact to jit over a population.
+* `register_table(path)` makes "latency" (ms) an objective of
+  `objectives.complexity_fn`, hence of experiments.transfer / search.
+* `check_table(table, space, ...)`: Spearman / Kendall rank correlation and
+  mean relative error of the table against measured random subnets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nat_jax import checkpoint, layers, objectives
+from nat_jax import search_space as ss
+from nat_jax import subnet as subnet_lib
+
+
+# ------------------------------------------------------------------ measure
+def measure(fn: Callable, *args, warmup: int = 3, repeats: int = 20,
+            min_seconds: float = 0.0) -> dict[str, float]:
+    """Wall time of `fn(*args)` (jitted: the first warm-up call compiles).
+
+    Args:
+      warmup: untimed calls first (>= 1 compiles and warms caches).
+      repeats: timed calls; more are made until `min_seconds` have passed.
+
+    Returns:
+      {"median_ms", "min_ms", "p10_ms", "p90_ms", "repeats"}.
+    """
+    if warmup < 0 or repeats < 1:
+        raise ValueError(f"Need warmup >= 0 and repeats >= 1, got {warmup=}, "
+                         f"{repeats=}.")
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times, start = [], time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t)
+    ms = np.asarray(times) * 1e3
+    return {"median_ms": float(np.median(ms)), "min_ms": float(ms.min()),
+            "p10_ms": float(np.percentile(ms, 10)),
+            "p90_ms": float(np.percentile(ms, 90)), "repeats": len(ms)}
+
+
+def random_variables(module: nn.Module, *inputs: jax.ShapeDtypeStruct,
+                     seed: int = 0) -> dict:
+    """Variables of `module` with random values, without compiling its init.
+
+    Shapes come from `jax.eval_shape`; values are NumPy normal(0, 0.1) (BN
+    scale / variance 1), enough for timing and tests.
+    """
+    shapes = jax.eval_shape(lambda k, *xs: module.init(k, *xs), jax.random.key(0),
+                            *inputs)
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        name = str(getattr(path[-1], "key", path[-1]))
+        if name in ("scale", "var"):
+            return np.ones(s.shape, s.dtype)
+        return (0.1 * rng.standard_normal(s.shape)).astype(s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, dict(shapes))
+
+
+def subnet_latency(model: subnet_lib.Subnet, variables: dict, resolution: int,
+                   batch_size: int = 1, warmup: int = 3, repeats: int = 20
+                   ) -> dict[str, float]:
+    """Measured eval-mode latency of a static subnet (see `measure`)."""
+    variables = {"params": variables["params"],
+                 "batch_stats": variables["batch_stats"]}
+    fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    x = jnp.zeros((batch_size, resolution, resolution, 3), jnp.float32)
+    return measure(fn, variables, x, warmup=warmup, repeats=repeats)
+
+
+def arch_latency(space: ss.SearchSpace, arch: ss.Arch, num_classes: int = 1000,
+                 batch_size: int = 1, warmup: int = 3, repeats: int = 20,
+                 depthwise_impl: str | None = None) -> dict[str, float]:
+    """Measured latency of `arch` built with random weights."""
+    model = subnet_lib.subnet_module(space, arch, num_classes, dropout_rate=0.0,
+                                     depthwise_impl=depthwise_impl)
+    r = arch.resolution
+    v = random_variables(model, jax.ShapeDtypeStruct((1, r, r, 3), jnp.float32))
+    return subnet_latency(model, v, r, batch_size, warmup, repeats)
+
+
+# ------------------------------------------------------------ layer modules
+class _Stem(nn.Module):
+    """First conv + BN + h_swish + static first block (as `subnet.Subnet`)."""
+
+    c0: int
+    c1: int
+    impl: str
+
+    @nn.compact
+    def __call__(self, x):
+        def bn(h, c, name):
+            return layers.MaskedBatchNorm(c, name=name)(h, jnp.ones((c,), bool))
+
+        x = layers.conv2d(x, self.param("w0", layers.conv_init, (3, 3, 3, self.c0)), 2)
+        x = jax.nn.hard_swish(bn(x, self.c0, "bn0"))
+        h = layers.depthwise_conv(
+            x, self.param("dw", layers.conv_init, (3, 3, 1, self.c0)), 1, self.impl)
+        h = jax.nn.relu(bn(h, self.c0, "bn1"))
+        h = layers.pointwise(h, self.param("pw", layers.conv_init,
+                                           (1, 1, self.c0, self.c1)))
+        h = bn(h, self.c1, "bn2")
+        return x + h if self.c0 == self.c1 else h
+
+
+class _Head(nn.Module):
+    """Final expand + BN + h_swish, pool, feature mix, classifier."""
+
+    c_in: int
+    final_expand: int
+    feature_mix: int
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        x = layers.pointwise(x, self.param("fe", layers.conv_init,
+                                           (1, 1, self.c_in, self.final_expand)))
+        x = layers.MaskedBatchNorm(self.final_expand, name="bn")(
+            x, jnp.ones((self.final_expand,), bool))
+        x = jnp.mean(jax.nn.hard_swish(x), axis=(1, 2))
+        w = self.param("fm", layers.conv_init,
+                       (1, 1, self.final_expand, self.feature_mix))
+        x = jax.nn.hard_swish(x @ w[0, 0])
+        w = self.param("cls", layers.linear_init, (self.feature_mix, self.num_classes))
+        return x @ w + self.param("b", nn.initializers.zeros, (self.num_classes,))
+
+
+class _Block(nn.Module):
+    """One static block with its residual add (the subnet's own block code)."""
+
+    spec: subnet_lib.BlockSpec
+    impl: str
+
+    @nn.compact
+    def __call__(self, x):
+        block = subnet_lib._StaticBlock  # the subnet's own block (private there)
+        y = block(self.spec, self.impl, name="b")(x, "eval")
+        return x + y if self.spec.residual else y
+
+
+STATS = ("median", "min")
+
+
+def _check_stat(stat: str) -> str:
+    if stat not in STATS:
+        raise ValueError(f"Unknown latency statistic {stat!r}; allowed: {STATS}.")
+    return f"{stat}_ms"
+
+
+def _time_module(module: nn.Module, shape: tuple[int, ...], warmup: int,
+                 repeats: int, stat: str) -> float:
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    v = random_variables(module, x)
+    fn = jax.jit(lambda v, x: module.apply(v, x))
+    return measure(fn, v, jnp.zeros(shape, jnp.float32), warmup=warmup,
+                   repeats=repeats)[_check_stat(stat)]
+
+
+# -------------------------------------------------------------------- table
+@dataclasses.dataclass
+class LatencyTable:
+    """Per-layer latency lookup table (milliseconds) of one device.
+
+    fixed: float64[n_res, n_width] stem + head + one call overhead;
+    block: float64[n_res, n_width, num_blocks, num_ops + 1] (op 0 = skipped);
+    measured_resolutions: the resolutions actually timed (others are fitted
+    per entry as a + b * r^2 from the timed ones).
+    """
+
+    space: ss.SearchSpace
+    batch_size: int
+    num_classes: int
+    fixed: np.ndarray
+    block: np.ndarray
+    overhead_ms: float
+    device: str
+    measured_resolutions: tuple[int, ...]
+    stat: str = "median"
+    check: dict[str, Any] | None = None
+
+    def predict(self, genes, xp=np):
+        """Predicted latency (ms) of genotypes `[..., num_genes]`."""
+        fixed, block = self.fixed, self.block
+        if xp is not np:
+            fixed, block = (jnp.asarray(fixed, jnp.float32),
+                            jnp.asarray(block, jnp.float32))
+        genes = self.space.canonicalize(genes)
+        res, wid, lay = genes[..., 0], genes[..., 1], genes[..., 2:]
+        slots = xp.arange(lay.shape[-1])
+        return fixed[res, wid] + block[res[..., None], wid[..., None], slots,
+                                       lay].sum(-1)
+
+    def to_json(self) -> dict:
+        return {"kind": "nat_jax.LatencyTable", "units": "ms",
+                "space": checkpoint.space_to_json(self.space),
+                "batch_size": self.batch_size, "num_classes": self.num_classes,
+                "fixed": self.fixed.tolist(), "block": self.block.tolist(),
+                "overhead_ms": self.overhead_ms, "device": self.device,
+                "measured_resolutions": list(self.measured_resolutions),
+                "stat": self.stat, "check": self.check}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LatencyTable":
+        if d.get("kind") != "nat_jax.LatencyTable":
+            raise ValueError("Not a latency table (expected kind "
+                             "'nat_jax.LatencyTable'); build one with "
+                             "python -m experiments.build_latency_table.")
+        space = checkpoint.space_from_json(d["space"])
+        t = cls(space, int(d["batch_size"]), int(d["num_classes"]),
+                np.asarray(d["fixed"], np.float64), np.asarray(d["block"], np.float64),
+                float(d["overhead_ms"]), str(d["device"]),
+                tuple(d["measured_resolutions"]), str(d.get("stat", "median")),
+                d.get("check"))
+        want = (len(space.resolutions), len(space.widths), space.num_blocks,
+                space.num_ops + 1)
+        if t.block.shape != want or t.fixed.shape != want[:2]:
+            raise ValueError(f"Corrupt latency table: block {t.block.shape}, "
+                             f"fixed {t.fixed.shape}; expected {want}.")
+        return t
+
+    def save(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.to_json(), f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str) -> "LatencyTable":
+        if not os.path.isfile(path):
+            raise ValueError(f"No latency table at {path}; build one with python -m "
+                             f"experiments.build_latency_table --output={path}.")
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Latency table {path} is corrupt ({err.msg}).") from None
+        return cls.from_json(d)
+
+
+def device_name() -> str:
+    d = jax.devices()[0]
+    return f"{d.platform}:{getattr(d, 'device_kind', '?')} ({platform.machine()}, " \
+           f"{os.cpu_count()} host cores)"
+
+
+def build_table(space: ss.SearchSpace, batch_size: int = 1, num_classes: int = 1000,
+                resolutions: Sequence[int] | None = None, warmup: int = 3,
+                repeats: int = 20, depthwise_impl: str | None = None,
+                progress: Callable[[int, int], None] | None = None,
+                stat: str = "median") -> LatencyTable:
+    """Times every distinct layer configuration of `space` on this backend.
+
+    Args:
+      space: search space (all of its widths are tabulated).
+      batch_size: batch size the latency refers to.
+      num_classes: classifier size of the head.
+      resolutions: resolutions to time (default: all of the space's); the
+        others are fitted per entry as a + b * r^2 (exact for one point up to
+        the proportional rule b * r^2).
+      warmup, repeats: see `measure`.
+      depthwise_impl: as `subnet.Subnet` (None: per backend).
+      progress: called as progress(done, total) after each timed layer.
+      stat: "median" of the repeats (default) or "min" (robust on a shared,
+        noisy machine: contention only ever adds time).
+    """
+    key_stat = _check_stat(stat)
+    impl = depthwise_impl or layers.default_depthwise_impl()
+    timed = tuple(sorted(resolutions or space.resolutions))
+    for r in timed:
+        space.resolution_index(r)
+    n_res, n_w = len(space.resolutions), len(space.widths)
+    fixed = np.full((n_res, n_w), np.nan)
+    block = np.zeros((n_res, n_w, space.num_blocks, space.num_ops + 1))
+    block[..., 1:] = np.nan
+    ident = jax.jit(lambda x: x[:1, :1, :1, :1] * 1.0)
+    overhead = measure(ident, jnp.zeros((batch_size, 8, 8, 3)), warmup=warmup,
+                       repeats=max(repeats, 50))[key_stat]
+    jobs = _layer_jobs(space, timed, batch_size, num_classes, impl)
+    cache: dict[Any, float] = {}
+    uniq = {key for key, _, _, _ in jobs}
+    for key, module, shape, _ in jobs:
+        if key not in cache:
+            t = _time_module(module, shape, warmup, repeats, stat)
+            cache[key] = max(t - overhead, 0.0)
+            if progress:
+                progress(len(cache), len(uniq))
+    for key, _, _, where in jobs:
+        for kind, ri, wi, b, op in where:
+            if kind == "block":
+                block[ri, wi, b, op] = cache[key]
+            else:
+                fixed[ri, wi] = np.nan_to_num(fixed[ri, wi]) + cache[key]
+    fixed += overhead
+    measured = [space.resolution_index(r) for r in timed]
+    fixed, block = _fill(space, measured, fixed), _fill(space, measured, block)
+    return LatencyTable(space, batch_size, num_classes, fixed, block, overhead,
+                        device_name(), timed, stat)
+
+
+def _layer_jobs(space, timed, batch_size, num_classes, impl):
+    """(dedupe key, module, input shape, [(kind, res idx, width idx, b, op)])."""
+    out = []
+    for wi, width in enumerate(space.widths):
+        ch = space.channels(width)
+        c_ins = space.block_in_channels(width)
+        for r in timed:
+            ri = space.resolution_index(r)
+            f = (r - 1) // 2 + 1
+            stem = _Stem(ch.first, ch.first_block, impl)
+            out.append((("stem", r, ch.first, ch.first_block), stem,
+                        (batch_size, r, r, 3), [("fixed", ri, wi, 0, 0)]))
+            for s, c_out in enumerate(ch.stages):
+                stride = space.net.stage_strides[s]
+                f_out = (f - 1) // stride + 1
+                for j in range(space.max_depth):
+                    b = s * space.max_depth + j
+                    f_in = f if j == 0 else f_out
+                    for op in range(1, space.num_ops + 1):
+                        k = space.kernels[(op - 1) % len(space.kernels)]
+                        e = space.expands[(op - 1) // len(space.kernels)]
+                        st = stride if j == 0 else 1
+                        spec = subnet_lib.BlockSpec(
+                            c_ins[b], c_out, k, st, e, space.mid_channels(c_ins[b], e),
+                            space.net.stage_acts[s], space.net.stage_se[s],
+                            st == 1 and c_ins[b] == c_out)
+                        out.append((("block", spec, f_in), _Block(spec, impl),
+                                    (batch_size, f_in, f_in, c_ins[b]),
+                                    [("block", ri, wi, b, op)]))
+                f = f_out
+            head = _Head(ch.stages[-1], ch.final_expand, ch.feature_mix, num_classes)
+            out.append((("head", f, ch.stages[-1], width), head,
+                        (batch_size, f, f, ch.stages[-1]), [("fixed", ri, wi, 0, 0)]))
+    return out
+
+
+def _fill(space: ss.SearchSpace, measured: list[int], arr: np.ndarray) -> np.ndarray:
+    """Fits a + b r^2 per entry over measured resolution rows; fills the rest."""
+    if len(measured) == len(space.resolutions):
+        return arr
+    r2 = np.asarray(space.resolutions, np.float64) ** 2
+    y = arr[measured].reshape(len(measured), -1)
+    if len(measured) == 1:
+        coef = np.stack([np.zeros(y.shape[1]), y[0] / r2[measured[0]]])
+    else:
+        A = np.stack([np.ones(len(measured)), r2[measured]], axis=1)
+        coef = np.linalg.lstsq(A, y, rcond=None)[0]
+    full = (np.stack([np.ones_like(r2), r2], axis=1) @ coef).reshape(
+        (len(r2),) + arr.shape[1:])
+    out = np.maximum(full, 0.0)
+    out[measured] = arr[measured]
+    return out
+
+
+# -------------------------------------------------------------------- check
+def _ranks(a: np.ndarray) -> np.ndarray:
+    order = np.argsort(a, kind="mergesort")
+    ranks = np.empty(len(a))
+    ranks[order] = np.arange(len(a))
+    for v in np.unique(a):  # average ties
+        m = a == v
+        ranks[m] = ranks[m].mean()
+    return ranks
+
+
+def spearman(a, b) -> float:
+    ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def kendall(a, b) -> float:
+    """Kendall's tau-b."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    da = np.sign(a[:, None] - a[None, :])
+    db = np.sign(b[:, None] - b[None, :])
+    iu = np.triu_indices(len(a), 1)
+    da, db = da[iu], db[iu]
+    denom = np.sqrt((da != 0).sum() * (db != 0).sum())
+    return float((da * db).sum() / denom) if denom else float("nan")
+
+
+def check_table(table: LatencyTable, genes: np.ndarray, warmup: int = 3,
+                repeats: int = 20, depthwise_impl: str | None = None) -> dict:
+    """Table predictions against measured latency of subnets `genes`.
+
+    Whole subnets are timed with the table's statistic (median or min).
+
+    Returns:
+      {"spearman", "kendall", "mean_rel_error", "rows": [{"genes",
+      "predicted_ms", "measured_ms"}]}.
+    """
+    genes = np.asarray(genes, np.int32).reshape(-1, table.space.num_genes)
+    pred = np.asarray(table.predict(genes))
+    meas = []
+    for g in genes:
+        arch = table.space.decode(g)
+        meas.append(arch_latency(table.space, arch, table.num_classes,
+                                 table.batch_size, warmup, repeats,
+                                 depthwise_impl)[_check_stat(table.stat)])
+    meas = np.asarray(meas)
+    return {"spearman": spearman(pred, meas), "kendall": kendall(pred, meas),
+            "mean_rel_error": float(np.mean(np.abs(pred - meas) / meas)),
+            "rows": [{"genes": g.tolist(), "predicted_ms": float(p),
+                      "measured_ms": float(m)} for g, p, m in zip(genes, pred, meas)]}
+
+
+# ----------------------------------------------------------------- register
+def table_fn(table: LatencyTable, space: ss.SearchSpace) -> Callable:
+    """A jittable `genes int32[n, num_genes] -> float32[n]` latency (ms) of
+    `space`, which may pin a subset of the table's widths (as transfer does)."""
+    ref = dataclasses.replace(space, widths=table.space.widths)
+    if ref != table.space:
+        raise ValueError("The latency table was built for another search space; "
+                         "rebuild it with python -m experiments.build_latency_table "
+                         "for this space.")
+    missing = [w for w in space.widths if w not in table.space.widths]
+    if missing:
+        raise ValueError(f"The latency table has no width {missing}; it has "
+                         f"{list(table.space.widths)}.")
+    cols = [table.space.widths.index(w) for w in space.widths]
+    sub = dataclasses.replace(table, space=space, fixed=table.fixed[:, cols],
+                              block=table.block[:, cols])
+    return lambda genes: sub.predict(jnp.asarray(genes, jnp.int32), jnp)
+
+
+def register_table(table: LatencyTable | str, name: str = "latency"
+                   ) -> LatencyTable:
+    """Registers objective `name` (ms, minimised) from a table or its path.
+
+    After this, `objectives.complexity_fn(space, ["latency"])` and the entry
+    points' `--objectives=top1_error,latency` use the lookup table.
+    """
+    if isinstance(table, (str, os.PathLike)):
+        table = LatencyTable.load(os.fspath(table))
+
+    def factory(space: ss.SearchSpace, num_classes: int) -> Callable:
+        del num_classes  # the classifier's share of latency is negligible
+        return table_fn(table, space)
+
+    objectives.register(name, factory)
+    return table
