@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 
 from absl import app
@@ -21,3 +22,16 @@ def one_line_errors(main):
             sys.exit(2)
 
     return wrapped
+
+
+class _DropLibraryInfo(logging.Filter):
+    """Drops INFO records logged from inside orbax (dozens per checkpoint)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def quiet_library_logs() -> None:
+    """Keeps the run's own progress lines readable."""
+    for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
+        handler.addFilter(_DropLibraryInfo())
