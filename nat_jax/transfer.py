@@ -53,6 +53,18 @@ def get_space(name: str) -> ss.SearchSpace:
     return spaces[name]
 
 
+def run_space(config) -> ss.SearchSpace:
+    """The configured space, with its width pinned (one supernet has one width)
+    and, if `config.resolutions` is set, restricted to those resolutions."""
+    space = get_space(config.space)
+    space.width_index(config.width)
+    res = tuple(int(r) for r in config.get("resolutions", ())) or space.resolutions
+    for r in res:
+        space.resolution_index(r)
+    return dataclasses.replace(space, widths=(float(config.width),),
+                               resolutions=tuple(sorted(set(res))))
+
+
 def parse_objectives(text: str, space: ss.SearchSpace, num_classes: int):
     """(names, complexity_fn) from "top1_error,madds,...": 2 to 12 objectives."""
     names = [n.strip() for n in text.split(",") if n.strip()]
@@ -118,10 +130,7 @@ class _Run:
     def __init__(self, config, workdir: pathlib.Path):
         self.cfg = config
         self.workdir = workdir
-        # One supernet has one width: the run's space pins it.
-        self.space = dataclasses.replace(get_space(config.space),
-                                         widths=(float(config.width),))
-        get_space(config.space).width_index(config.width)
+        self.space = run_space(config)
         self.key = jax.random.key(config.seed)
         self.dataset = data.load(config.dataset, data_dir=config.data_dir or None)
         self.num_classes = self.dataset.num_classes
@@ -352,7 +361,8 @@ def load_for_task(directory: str, space: ss.SearchSpace, num_classes: int,
             f"python -m experiments.convert_ofa --checkpoint=FILE --width=1.0 "
             f"--output={directory}")
     model, variables = checkpoint.load_supernet(directory)
-    same = dataclasses.replace(model.space, widths=space.widths) == space
+    same = dataclasses.replace(model.space, widths=space.widths,
+                               resolutions=space.resolutions) == space
     if not same or model.width not in space.widths:
         raise ValueError(f"Supernet {directory} (width {model.width}) does not match "
                          f"the configured search space / width {space.widths[0]}.")

@@ -20,6 +20,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.dataset = "fashion_mnist_mini"
     c.data_dir = ""                    # "" = nat_jax.data.default_data_dir()
     c.space = "ofa_mbv3"               # or "tiny"
+    c.resolutions = ()                 # subset of the space's resolutions; () = all
     c.width = 1.0
     c.supernet = ""                    # orbax dir from experiments.convert_ofa; "" = random
     # Objectives, all minimised; top1_error is always first.
