@@ -70,7 +70,7 @@ class SearchConfig:
     sample_fraction: float = 0.7
     feature_fraction: float = 0.7
     n_candidates: int = 8
-    pad_multiple: int = 32
+    pad_multiple: int = 64
 
     def __post_init__(self):
         if self.pop_size < 4 or self.pop_size % 2:
@@ -208,7 +208,8 @@ def _search_core(key, archive_genes, archive_errors, archive_valid,
         f = jnp.where(dup[:, None], jnp.nan, f)
         return nsga3.tell(state, off, f, ref_dirs, k_s), None
 
-    state, _ = jax.lax.scan(generation, state, jax.random.split(k_scan, config.generations))
+    keys = jax.random.split(k_scan, config.generations)
+    state, _ = jax.lax.scan(generation, state, keys)
 
     # Candidate pool: final population, then fresh samples as a fallback.
     extra = space.sample(k_extra, pop)

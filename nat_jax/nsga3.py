@@ -115,7 +115,8 @@ def default_reference_directions(n_obj: int, pop_size: int) -> np.ndarray:
         for inner in (1, 2, 3):
             if inner > outer:
                 continue
-            n = math.comb(n_obj + outer - 1, outer) + math.comb(n_obj + inner - 1, inner)
+            n = (math.comb(n_obj + outer - 1, outer)
+                 + math.comb(n_obj + inner - 1, inner))
             if best[1] < n <= pop_size:
                 best = (reference_directions_two_layer(n_obj, outer, inner), n)
     return best[0]
