@@ -13,8 +13,10 @@ A subnet directory (written by `save_subnet`) needs no supernet:
 
 `export_stablehlo` serialises the jitted eval-mode forward with `jax.export`
 (weights embedded as constants, batch dimension symbolic by default);
-`load_stablehlo` deserialises it into a callable that needs only jax. ONNX /
-TFLite are not produced: see README ("Deployment") for why.
+`load_stablehlo` deserialises it into a callable that needs only jax.
+`export_onnx` writes ONNX through the optional `jax2onnx` package (see README,
+"Deployment", for how to install it); `run_onnx` runs it with onnxruntime.
+TFLite is not produced (it needs TensorFlow, which is not installed here).
 """
 
 from __future__ import annotations
@@ -182,3 +184,49 @@ def load_stablehlo(path: str) -> Callable[[jax.Array], jax.Array]:
         raise ValueError(f"{path} is not a serialised jax.export artifact: "
                          f"{type(err).__name__}: {str(err)[:200]}") from None
     return exp.call
+
+
+# ----------------------------------------------------------------------- ONNX
+ONNX_FILE = "model.onnx"
+ONNX_INSTALL = ("pip install --no-deps jax2onnx==0.17.1 onnx==1.23.2 onnx-ir==1.1.0 "
+                "onnxruntime==1.32.0 (--no-deps: jax2onnx pins an older "
+                "orbax-checkpoint than nat-jax uses; the converter does not need it)")
+
+
+def export_onnx(model: subnet_lib.Subnet, variables: Mapping, resolution: int,
+                path: str, batch_size: int | None = None) -> None:
+    """Writes the eval-mode forward as an ONNX model (weights embedded).
+
+    Depthwise convolutions are exported as grouped `Conv` (the module is
+    cloned with depthwise_impl="conv"). Needs the optional `jax2onnx`.
+
+    Args:
+      batch_size: fixed batch size, or None for a symbolic "B".
+    """
+    try:
+        from jax2onnx import to_onnx
+    except ImportError:
+        raise ValueError(f"ONNX export needs jax2onnx: {ONNX_INSTALL}.") from None
+    model = model.clone(depthwise_impl="conv")
+    variables = {"params": variables["params"],
+                 "batch_stats": variables["batch_stats"]}
+
+    def forward(x):
+        return model.apply(variables, x, train=False)
+
+    b = "B" if batch_size is None else int(batch_size)
+    proto = to_onnx(forward, [(b, resolution, resolution, 3)], return_mode="proto")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())
+
+
+def run_onnx(path: str, images: np.ndarray) -> np.ndarray:
+    """Logits of an exported ONNX model with onnxruntime (CPU)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ValueError(f"Running ONNX needs onnxruntime: {ONNX_INSTALL}.") from None
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return sess.run(None, {name: np.asarray(images, np.float32)})[0]

@@ -231,6 +231,7 @@ def recalibrate_bn(model: subnet_lib.Subnet, variables: Mapping,
     or image arrays). Every BatchNorm runs in "collect" mode (eval otherwise:
     no dropout), as `supernet.recalibrate_bn` does for the masked supernet.
     """
+    model = _eval_clone(model)
     acc, total = None, 0
     for b in batches:
         images = jnp.asarray(b["image"] if isinstance(b, dict) else b, jnp.float32)
@@ -244,6 +245,11 @@ def recalibrate_bn(model: subnet_lib.Subnet, variables: Mapping,
         raise ValueError("recalibrate_bn got no batches.")
     return {"params": variables["params"],
             "batch_stats": jax.tree.map(lambda v: v / total, acc)}
+
+
+def _eval_clone(model: subnet_lib.Subnet) -> subnet_lib.Subnet:
+    """The module without train-only settings: equal subnets share compiles."""
+    return model.clone(dropout_rate=0.0, drop_connect_rate=0.0)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -261,6 +267,7 @@ def evaluate(model: subnet_lib.Subnet, variables: Mapping, split: data.Split,
              mesh: jax.sharding.Mesh | None = None) -> dict:
     """Exact top-1/top-5 (%) of `split`: padded last batch, masked counts."""
     mesh = mesh or data_mesh()
+    model = _eval_clone(model)
     n_dev = mesh.devices.size
     batch_size = max(n_dev, batch_size // n_dev * n_dev)
     variables = _put({"params": variables["params"],
@@ -461,6 +468,7 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
                               "test_top5": after["top5"],
                               "test_top1_before_finetune": before["top1"],
                               "finetune_steps": cfg.steps})
+    result = json.loads(json.dumps(result))  # what a rerun reads back
     (wd / "result.json").write_text(json.dumps(result, indent=1))
     return result
 

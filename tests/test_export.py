@@ -1,0 +1,81 @@
+"""Export: self-contained subnet checkpoints, StableHLO and ONNX artifacts."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nat_jax import export, latency
+from nat_jax import search_space as ss
+from nat_jax import subnet as subnet_lib
+
+SPACE = ss.SearchSpace.tiny()
+ARCH = SPACE.decode([0, 0, 4, 7, 5, 9])  # r32, SE in stage 2, one residual block
+
+
+@pytest.fixture(scope="module")
+def net():
+    model = subnet_lib.subnet_module(SPACE, ARCH, 10, dropout_rate=0.2)
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    variables = latency.random_variables(model, x, seed=1)
+    images = np.random.default_rng(0).standard_normal((5, 32, 32, 3))
+    images = images.astype(np.float32)
+    logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x))(variables, images))
+    return model, variables, images, logits
+
+
+def test_subnet_dir_roundtrip(net, tmp_path):
+    model, variables, images, logits = net
+    cfg = subnet_lib.net_config(model, ARCH)
+    d = str(tmp_path / "sub")
+    export.save_subnet(d, model, variables, cfg, ARCH, SPACE, extra={"note": "x"})
+    assert export.is_subnet_dir(d) and not export.is_subnet_dir(str(tmp_path))
+    m2, v2, cfg2 = export.load_subnet(d)
+    assert cfg2 == json.loads(json.dumps(cfg))
+    got = np.asarray(jax.jit(lambda v, x: m2.apply(v, x))(v2, images))
+    np.testing.assert_allclose(got, logits, rtol=1e-6, atol=1e-6)
+    arch, space, meta = export.load_info(d)
+    assert arch == ARCH and space == SPACE and meta["extra"] == {"note": "x"}
+    with open(os.path.join(d, export.NET_CONFIG_FILE)) as f:
+        assert ss.Arch.from_net_config(json.load(f), SPACE) == ARCH
+    with open(os.path.join(d, export.NET_SUBNET_FILE)) as f:
+        assert ss.Arch.from_nat_subnet(json.load(f), SPACE) == ARCH
+    assert export.count_params(v2) == export.count_params(variables)
+    with pytest.raises(ValueError, match="already holds"):
+        export.save_subnet(d, model, variables, cfg, ARCH, SPACE)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        export.load_subnet(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="not a nat-jax checkpoint"):
+        export.load_subnet(str(tmp_path))
+    bad = tmp_path / "bad.stablehlo"
+    bad.write_bytes(b"not flatbuffers")
+    with pytest.raises(ValueError):
+        export.load_stablehlo(str(bad))
+    with pytest.raises(ValueError, match="No StableHLO"):
+        export.load_stablehlo(str(tmp_path / "none.stablehlo"))
+
+
+def test_stablehlo_roundtrip_symbolic_batch(net, tmp_path):
+    model, variables, images, logits = net
+    path = str(tmp_path / export.STABLEHLO_FILE)
+    export.export_stablehlo(model, variables, 32, path)
+    fn = export.load_stablehlo(path)
+    np.testing.assert_allclose(np.asarray(fn(images)), logits, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(fn(images[:2])), logits[:2], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_onnx_roundtrip(net, tmp_path):
+    pytest.importorskip("jax2onnx", reason="optional: " + export.ONNX_INSTALL)
+    pytest.importorskip("onnxruntime", reason="optional: " + export.ONNX_INSTALL)
+    model, variables, images, logits = net
+    path = str(tmp_path / export.ONNX_FILE)
+    export.export_onnx(model, variables, 32, path)
+    np.testing.assert_allclose(export.run_onnx(path, images), logits, rtol=1e-4,
+                               atol=1e-4)
