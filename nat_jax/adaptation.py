@@ -112,13 +112,13 @@ def gene_distribution(space: ss.SearchSpace, genes, floor: float = 0.01
         raise ValueError(
             f"Archive genotype {row} has value {g[row, pos]} at position {pos}; "
             f"allowed {lo[pos]}..{up[pos]}.")
-    g = space.canonicalize(g.astype(np.int32))
     num_values = int(up.max()) + 1
     values = np.arange(num_values)
     allowed = (values >= lo[:, None]) & (values <= up[:, None])
     uniform = allowed / allowed.sum(1, keepdims=True)
     if len(g) == 0:
         return uniform.astype(np.float32)
+    g = space.canonicalize(g.astype(np.int32))
     counts = np.stack([np.bincount(g[:, i], minlength=num_values)
                        for i in range(space.num_genes)])
     freq = counts / len(g)
@@ -341,9 +341,10 @@ def create_train_state(model, variables: dict, config: AdaptConfig,
         key = jax.random.PRNGKey(key)
     elif jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
-    params = variables["params"]
+    params = jax.tree.map(jnp.copy, variables["params"])  # adapt donates
     return TrainState(
-        params=params, batch_stats=variables["batch_stats"],
+        params=params,
+        batch_stats=jax.tree.map(jnp.copy, variables["batch_stats"]),
         opt_state={"momentum": jax.tree.map(jnp.zeros_like, params)},
         step=jnp.zeros((), jnp.int32), key=jnp.asarray(key, jnp.uint32),
         total_steps=int(total_steps))
@@ -477,7 +478,8 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
     step s + 1 runs (and before every checkpoint): a non-finite loss raises.
 
     Args:
-      state: TrainState (e.g. `create_train_state` or restored).
+      state: TrainState (e.g. `create_train_state` or restored); its
+        buffers are donated to the step (use the returned state).
       model: the Supernet.
       loader: `nat_jax.pipeline.TrainLoader`-like: `.next(resolution)` gives
         {"image", "label"} numpy arrays (the global batch), `.state()`.

@@ -1,0 +1,220 @@
+"""Subnet evaluation: BN re-calibration, then exact top-1/top-5 on a split.
+
+OFA and NAT re-estimate a subnet's BatchNorm statistics before measuring it
+(`supernet.recalibrate_bn` on ~2000 augmented training images). Here the
+calibration images and their augmentation draws are fixed once
+(`pipeline.CalibrationSet`) and rendered once per resolution; subnets are
+grouped by resolution so only one resolution's batches are held at a time.
+Evaluation batches are padded to a fixed size with a mask, so every example is
+counted exactly once; the counting step is jitted once per resolution over the
+("data",) mesh of `adaptation.data_mesh` (batch sharded, variables
+replicated). `subnets_per_call > 1` evaluates several subnets per compiled call
+(vmap over their BN statistics and arch arrays).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from nat_jax import adaptation as ad
+from nat_jax import pipeline
+from nat_jax import search_space as ss
+from nat_jax import supernet
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings.
+
+    Attributes:
+      batch_size: global evaluation batch (the last batch is padded).
+      calib_images: BN re-calibration images (OFA: 2000).
+      calib_batch_size: re-calibration batch size (OFA: 200; statistics are
+        batch-size weighted averages, see `supernet.recalibrate_bn`).
+      calib_seed: seed of the calibration images and augmentation draws.
+      subnets_per_call: subnets evaluated per compiled call (vmap); 1 is
+        the fastest measured on CPU (see README).
+      cache_bytes: evaluation batches of one resolution are kept in memory
+        when they fit this budget, else re-rendered for each subnet.
+    """
+
+    batch_size: int = 250
+    calib_images: int = 2000
+    calib_batch_size: int = 200
+    calib_seed: int = 0
+    subnets_per_call: int = 1
+    cache_bytes: int = 1 << 30
+
+    def __post_init__(self):
+        for name in ("batch_size", "calib_images", "calib_batch_size",
+                     "subnets_per_call"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalConfig.{name} must be >= 1, got "
+                                 f"{getattr(self, name)}.")
+
+
+def _counts(model, params, batch_stats, images, labels, mask, arch):
+    logits = model.apply({"params": params, "batch_stats": batch_stats},
+                         images, arch, train=False)
+    k = min(5, logits.shape[-1])
+    _, top = jax.lax.top_k(logits, k)
+    hit = top == labels[:, None]
+    c1 = jnp.sum(hit[:, 0] & mask, dtype=jnp.int32)
+    c5 = jnp.sum(jnp.any(hit, -1) & mask, dtype=jnp.int32)
+    return jnp.stack([c1, c5, jnp.sum(mask, dtype=jnp.int32)])
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_counts(model, mesh: jax.sharding.Mesh, vmapped: bool):
+    """Jitted (params, batch_stats, images, labels, mask, arch) -> int32[3].
+
+    Counts [top-1 hits, top-5 hits, examples] of one batch; with `vmapped`
+    the batch_stats and arch carry a leading subnet axis and the result is
+    int32[G, 3]. One compile per resolution (and G).
+    """
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    fn = functools.partial(_counts, model)
+    if vmapped:
+        fn = jax.vmap(fn, in_axes=(None, 0, None, None, None, 0))
+    return jax.jit(fn, in_shardings=(repl, repl, data, data, data, repl),
+                   out_shardings=repl)
+
+
+def _check_genes(space, model, genes_list) -> list[np.ndarray]:
+    if space != model.space:
+        raise ValueError("`space` is not the supernet's search space.")
+    out = []
+    for g in genes_list:
+        g = space.canonicalize(space.validate_genes(g))
+        if abs(space.widths[int(g[1])] - model.width) > 1e-9:
+            raise ValueError(
+                f"Genotype {g.tolist()} has width {space.widths[int(g[1])]} but "
+                f"the supernet's width is {model.width}.")
+        out.append(g)
+    return out
+
+
+def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
+                     ss.SearchSpace, dataset_split, calib_split,
+                     config: EvalConfig = EvalConfig(), *,
+                     mesh: jax.sharding.Mesh | None = None,
+                     progress: Callable[[int, int, dict], None] | None = None,
+                     calibration: pipeline.CalibrationSet | None = None
+                     ) -> list[dict]:
+    """Top-1/top-5 (percent) of each subnet after BN re-calibration.
+
+    Args:
+      model, variables: the Supernet and its {"params", "batch_stats"}.
+      genes_list: genotypes (int[num_genes] each) of the supernet's width.
+      space: the search space (must be the supernet's).
+      dataset_split: `data.Split` to measure on (NAT: the held-out val).
+      calib_split: `data.Split` for re-calibration (NAT: the train split).
+      config: EvalConfig.
+      mesh: ("data",) mesh (default `adaptation.data_mesh()`).
+      progress: called as progress(i, n, result) after each subnet i.
+      calibration: a prebuilt CalibrationSet to reuse across calls.
+
+    Returns:
+      One dict per genotype, in order: {"top1", "top5" (percent), "n"
+      (examples counted), "seconds" (re-calibration + evaluation)}.
+    """
+    genes = _check_genes(space, model, genes_list)
+    mesh = ad.data_mesh() if mesh is None else mesh
+    ndev = mesh.size
+    if config.batch_size % ndev:
+        raise ValueError(f"EvalConfig.batch_size ({config.batch_size}) must be a "
+                         f"multiple of the device count ({ndev}).")
+    if calibration is None:
+        calibration = pipeline.CalibrationSet(
+            calib_split, config.calib_images, config.calib_batch_size,
+            config.calib_seed)
+    base = ad.replicate({"params": variables["params"],
+                         "batch_stats": variables["batch_stats"]}, mesh)
+    by_res: dict[int, list[int]] = {}
+    for i, g in enumerate(genes):
+        by_res.setdefault(int(g[0]), []).append(i)
+    results: list[dict | None] = [None] * len(genes)
+    done = 0
+    for r_idx, idx in by_res.items():
+        r = space.resolutions[r_idx]
+        calib = [_put_images(b["image"], mesh) for b in calibration.batches(r)]
+        eval_iter = _eval_cache(dataset_split, config, r, ndev, mesh)
+        g_per = config.subnets_per_call
+        for start in range(0, len(idx), g_per):
+            chunk = idx[start:start + g_per]
+            t = time.perf_counter()
+            stats, archs = [], []
+            for i in chunk:
+                arch = space.decode(genes[i])
+                new = supernet.recalibrate_bn(model, base, arch, calib)
+                stats.append(new["batch_stats"])
+                archs.append(space.genes_to_arrays(genes[i]))
+            counts = _count_all(model, mesh, base["params"], stats, archs,
+                                eval_iter(), g_per)
+            secs = (time.perf_counter() - t) / len(chunk)
+            for i, c in zip(chunk, counts):
+                c1, c5, n = (int(v) for v in c)
+                results[i] = {"top1": 100.0 * c1 / max(n, 1),
+                              "top5": 100.0 * c5 / max(n, 1), "n": n,
+                              "seconds": secs}
+                done += 1
+                if progress is not None:
+                    progress(done - 1, len(genes), results[i])
+    return results
+
+
+def _put_images(x, mesh):
+    """Shard a calibration batch on "data" when it splits evenly, else replicate."""
+    spec = P("data") if x.shape[0] % mesh.size == 0 else P()
+    if jax.process_count() > 1 and spec == P("data"):
+        return ad.shard_batch({"x": x}, mesh)["x"]
+    return jax.device_put(np.asarray(x, np.float32), NamedSharding(mesh, spec))
+
+
+def _eval_cache(split, config: EvalConfig, resolution: int, ndev: int, mesh):
+    """A callable giving the sharded eval batches (cached if they fit)."""
+    r = resolution
+    per_batch = config.batch_size * (r * r * 3 * 4 + 8)
+    n_batches = -(-len(split) // config.batch_size)
+
+    def stream():
+        for b in pipeline.eval_batches(split, config.batch_size, r,
+                                       num_devices=ndev):
+            yield ad.shard_batch(b, mesh)
+
+    if per_batch * n_batches <= config.cache_bytes:
+        cached = list(stream())
+        return lambda: cached
+    return stream
+
+
+def _count_all(model, mesh, params, stats, archs, batches, g_per):
+    """Summed int counts [G, 3] over all batches, for G subnets."""
+    if g_per == 1:
+        fn = jitted_counts(model, mesh, False)
+        total = None
+        for b in batches:
+            c = fn(params, stats[0], b["image"], b["label"], b["mask"], archs[0])
+            total = c if total is None else total + c
+        return [np.asarray(total)]
+    n = len(stats)
+    pad = g_per - n  # pad to a fixed G: one compile per resolution
+    stats = stats + [stats[-1]] * pad
+    archs = archs + [archs[-1]] * pad
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *stats)
+    arch = {k: np.stack([a[k] for a in archs]) for k in archs[0]}
+    fn = jitted_counts(model, mesh, True)
+    total = None
+    for b in batches:
+        c = fn(params, stacked, b["image"], b["label"], b["mask"], arch)
+        total = c if total is None else total + c
+    return list(np.asarray(total))[:n]
