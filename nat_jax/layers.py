@@ -18,6 +18,7 @@ serves every subnet of a resolution.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -93,9 +94,13 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, impl: str
             feature_group_count=x.shape[-1])
     if impl != "shift":
         raise ValueError(f"Unknown depthwise_impl {impl!r}; allowed: {DEPTHWISE_IMPLS}.")
-    n, h, w, c = x.shape
-    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
-    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    return _shift_depthwise(x, kernel, stride)
+
+
+def _shift_add(xp: jax.Array, kernel: jax.Array, stride: int, ho: int, wo: int
+               ) -> jax.Array:
+    """sum_ij xp[:, i + s*a, j + s*b, :] * kernel[i, j, 0] for a < ho, b < wo."""
+    k, n, c = kernel.shape[0], xp.shape[0], xp.shape[-1]
     out = None
     for i in range(k):
         for j in range(k):
@@ -106,6 +111,59 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, impl: str
             term = tap * kernel[i, j, 0]
             out = term if out is None else out + term
     return out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _shift_depthwise(x, kernel, stride):
+    p = kernel.shape[0] // 2
+    ho, wo = (x.shape[1] - 1) // stride + 1, (x.shape[2] - 1) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    return _shift_add(xp, kernel, stride, ho, wo)
+
+
+def _shift_fwd(x, kernel, stride):
+    return _shift_depthwise(x, kernel, stride), (x, kernel)
+
+
+def _shift_bwd(stride, res, dy):
+    # Autodiff of the strided slices materialises one padded array per tap
+    # (backward ~20x the forward on XLA:CPU); written as shift-and-adds the
+    # backward costs about two forwards.
+    x, kernel = res
+    k = kernel.shape[0]
+    p = k // 2
+    n, h, w, c = x.shape
+    ho, wo = dy.shape[1], dy.shape[2]
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    hp, wp = h + 2 * p, w + 2 * p
+    # dxp[u] = sum_i dy_dilated_padded[u + (k - 1) - i] * w[i]: a full
+    # correlation of the stride-dilated dy with the flipped kernel.
+    hi = hp - (stride * (ho - 1) + 1)
+    wi = wp - (stride * (wo - 1) + 1)
+    dyp = jax.lax.pad(dy, jnp.zeros((), dy.dtype),
+                      ((0, 0, 0), (k - 1, k - 1 + hi, stride - 1),
+                       (k - 1, k - 1 + wi, stride - 1), (0, 0, 0)))
+    dxp = _shift_add(dyp, kernel[::-1, ::-1], 1, hp, wp)
+    dx = dxp[:, p:p + h, p:p + w, :]
+    # dk[i, j, c] = sum_{n,a,b} xp[n, i + s a, j + s b, c] dy[n, a, b, c]: per
+    # row offset i one batched matmul over (n, a) gives m[c, b, v] for all
+    # columns v; tap j is the strided diagonal v = j + s b (2.4x faster on
+    # XLA:CPU than 49 separate reductions).
+    xt = jnp.transpose(xp, (3, 0, 1, 2))
+    dt = jnp.transpose(dy, (3, 0, 1, 2))
+    b = jnp.arange(wo)
+    dk = []
+    for i in range(k):
+        rows = jax.lax.slice(xt, (0, 0, i, 0), (c, n, i + stride * (ho - 1) + 1, wp),
+                             (1, 1, stride, 1))
+        m = jax.lax.dot_general(dt, rows, (((1, 2), (1, 2)), ((0,), (0,))),
+                                precision=jax.lax.Precision.HIGHEST)
+        for j in range(k):
+            dk.append(m[:, b, j + stride * b].sum(-1))
+    return dx, jnp.stack(dk).reshape(kernel.shape)
+
+
+_shift_depthwise.defvjp(_shift_fwd, _shift_bwd)
 
 
 def channel_mask(active: jax.Array, size: int) -> jax.Array:
