@@ -46,7 +46,8 @@ def load_metadata(directory: str) -> dict:
     path = os.path.join(directory, METADATA_FILE)
     if not os.path.isdir(directory):
         raise ValueError(f"Checkpoint directory {directory} does not exist.")
-    if not os.path.isfile(path) or not os.path.isdir(os.path.join(directory, STATE_DIR)):
+    state = os.path.join(directory, STATE_DIR)
+    if not os.path.isfile(path) or not os.path.isdir(state):
         raise ValueError(f"{directory} is not a nat-jax checkpoint (needs "
                          f"{METADATA_FILE} and {STATE_DIR}/).")
     try:

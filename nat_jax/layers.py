@@ -31,6 +31,8 @@ DEPTHWISE_IMPLS = ("conv", "shift")
 BN_MODES = ("eval", "train", "collect")
 
 # OFA's init: conv kaiming normal with fan_out (k*k*out), linear U(+-1/sqrt(in)).
+
+
 def conv_std(shape: Sequence[int]) -> float:
     """Std of OFA's conv init for an HWIO kernel: sqrt(2 / (k * k * out))."""
     return float((2.0 / (shape[0] * shape[1] * shape[3])) ** 0.5)
@@ -93,7 +95,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, impl: str
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             feature_group_count=x.shape[-1])
     if impl != "shift":
-        raise ValueError(f"Unknown depthwise_impl {impl!r}; allowed: {DEPTHWISE_IMPLS}.")
+        raise ValueError(
+            f"Unknown depthwise_impl {impl!r}; allowed: {DEPTHWISE_IMPLS}.")
     return _shift_depthwise(x, kernel, stride)
 
 

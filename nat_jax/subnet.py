@@ -68,7 +68,8 @@ class Subnet(nn.Module):
             return layers.MaskedBatchNorm(c, name=name)(h, jnp.ones((c,), bool), mode)
 
         c0, c1 = self.first_channels, self.first_block_channels
-        x = layers.conv2d(x, self.param("first_conv", layers.conv_init, (3, 3, 3, c0)), 2)
+        w = self.param("first_conv", layers.conv_init, (3, 3, 3, c0))
+        x = layers.conv2d(x, w, 2)
         x = jax.nn.hard_swish(bn(x, c0, "first_bn"))
         h = layers.depthwise_conv(
             x, self.param("first_block_dw", layers.conv_init, (3, 3, 1, c0)), 1, impl)

@@ -76,9 +76,11 @@ class ElasticBlock(nn.Module):
             se_mids = tuple(ss.make_divisible(m // 4, 8) for m in mids)
             se_max = ss.make_divisible(mid_max // 4, 8)
             se_mask = layers.channel_mask(_select(e, self.expands, se_mids), se_max)
-            wr = self.param("se_reduce_kernel", layers.conv_init, (1, 1, mid_max, se_max))
+            wr = self.param("se_reduce_kernel", layers.conv_init,
+                            (1, 1, mid_max, se_max))
             br = self.param("se_reduce_bias", nn.initializers.zeros, (se_max,))
-            we = self.param("se_expand_kernel", layers.conv_init, (1, 1, se_max, mid_max))
+            we = self.param("se_expand_kernel", layers.conv_init,
+                            (1, 1, se_max, mid_max))
             be = self.param("se_expand_bias", nn.initializers.zeros, (mid_max,))
             s = jnp.mean(h, axis=(1, 2))
             s = jnp.where(se_mask, jax.nn.relu(s @ wr[0, 0] + br), 0.0)
@@ -282,8 +284,8 @@ def _check_arch(model: Supernet, arch: ss.Arch, images: jax.Array) -> None:
         raise ValueError(f"Arch width {arch.width} does not match the supernet's "
                          f"width {model.width}.")
     sp = model.space
-    if (len(arch.ks), len(arch.e), len(arch.d)) != (sp.num_blocks, sp.num_blocks,
-                                                   sp.num_stages):
+    want = (sp.num_blocks, sp.num_blocks, sp.num_stages)
+    if (len(arch.ks), len(arch.e), len(arch.d)) != want:
         raise ValueError(f"Arch does not fit this supernet's space: needs "
                          f"{sp.num_blocks} ks/e entries and {sp.num_stages} depths.")
     if images.ndim != 4 or images.shape[-1] != 3:

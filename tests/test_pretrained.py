@@ -24,7 +24,8 @@ def _archs(width, res):
            ss.Arch.from_ofa([3, 5, 7, 3] * 5, [6, 4, 3, 6] * 5, [4, 3, 2, 4, 3],
                             res, width, SP)]
     for _ in range(2):
-        out.append(ss.Arch.from_ofa(rng.choice([3, 5, 7], 20), rng.choice([3, 4, 6], 20),
+        out.append(ss.Arch.from_ofa(rng.choice([3, 5, 7], 20),
+                                    rng.choice([3, 4, 6], 20),
                                     rng.choice([2, 3, 4], 5), res, width, SP))
     return out
 
