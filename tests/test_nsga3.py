@@ -178,3 +178,16 @@ def test_dtlz_igd_not_worse_than_pymoo(name, m):
             for s in range(seeds)])
         se = np.sqrt(ours.var(ddof=1) / seeds + theirs.var(ddof=1) / seeds)
         assert ours.mean() <= 1.1 * theirs.mean() + 2 * se, (name, ours, theirs)
+
+
+def test_survive_twelve_objectives_keeps_first_front_when_it_fits():
+    rng = np.random.default_rng(7)
+    F = rng.random((60, 12)).astype(np.float32)
+    F[:10] *= 0.05                       # ten rows that dominate most others
+    rank = np.asarray(nsga3.nondominated_rank(F))
+    rd = nsga3.default_reference_directions(12, 30)
+    idx = np.asarray(nsga3.survive(F, 30, rd, jax.random.key(0)))
+    assert len(set(idx)) == 30
+    last = rank[idx].max()
+    assert set(np.flatnonzero(rank < last)) <= set(idx)
+    assert np.all(rank[idx] <= last)

@@ -14,10 +14,11 @@ def test_mutation_and_repair_keep_genes_in_bounds_and_canonical():
     space = ss.OFA_MBV3
     lo, hi = space.lower_bounds, space.upper_bounds
     genes = space.sample(jax.random.key(0), 500)
+    mutate = jax.jit(op.polynomial_mutation, static_argnames=("prob", "eta"))
     for i in range(3):
-        genes = op.polynomial_mutation(jax.random.key(i), genes, lo, hi, 0.5, 1.0)
+        genes = mutate(jax.random.key(i), genes, lo, hi, prob=0.5, eta=1.0)
         assert np.all(np.asarray(genes) >= lo) and np.all(np.asarray(genes) <= hi)
-    rep = np.asarray(op.repair(space, genes))
+    rep = np.asarray(jax.jit(op.repair, static_argnums=0)(space, genes))
     np.testing.assert_array_equal(rep, np.asarray(space.canonicalize(rep)))
     for g in rep[:50]:
         space.validate_genes(g)  # raises on a bad depth / bound
@@ -78,11 +79,12 @@ def test_sbx_stays_in_bounds():
     k1, k2 = jax.random.split(jax.random.key(0))
     a = jax.random.uniform(k1, (500, 7))
     b = jax.random.uniform(k2, (500, 7))
-    c1, c2 = op.sbx_crossover(jax.random.key(1), a, b, jnp.zeros(7), jnp.ones(7))
+    sbx = jax.jit(op.sbx_crossover)
+    c1, c2 = sbx(jax.random.key(1), a, b, jnp.zeros(7), jnp.ones(7))
     for c in (c1, c2):
         assert float(c.min()) >= 0.0 and float(c.max()) <= 1.0
     # Equal parents give equal children; eta 30 keeps children near parents.
-    d1, d2 = op.sbx_crossover(jax.random.key(2), a, a, jnp.zeros(7), jnp.ones(7))
+    d1, d2 = sbx(jax.random.key(2), a, a, jnp.zeros(7), jnp.ones(7))
     np.testing.assert_array_equal(np.asarray(d1), np.asarray(a))
     near = np.minimum(np.abs(c1 - a), np.abs(c1 - b))
     assert float(np.median(near)) < 0.05
