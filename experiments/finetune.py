@@ -66,10 +66,10 @@ def main(argv):
         raise ValueError("Give exactly one of --arch and --pick.")
     if not os.path.isdir(_SUPERNET_DIR.value):
         raise ValueError(f"--supernet_dir {_SUPERNET_DIR.value} does not exist.")
-    from nat_jax import checkpoint, data, finetune, search_space
+    from nat_jax import checkpoint, data, deployment, finetune, search_space
 
     sdir = _SUPERNET_DIR.value
-    meta = checkpoint.load_metadata(finetune.resolve_supernet_dir(sdir))
+    meta = checkpoint.load_metadata(deployment.resolve_supernet_dir(sdir))
     space = checkpoint.space_from_json(meta.get("space", {}))
     if _PICK.value is not None:
         arch = finetune.pick_arch(sdir, _PICK.value, space)

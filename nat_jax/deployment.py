@@ -1,4 +1,5 @@
-"""Test-split reports of deployed subnets: accuracy, MAdds, params, latency.
+"""Evaluation of deployed subnets: BN re-calibration, exact test accuracy,
+MAdds, params and latency, for one subnet or a transfer run's whole front.
 
     rows = evaluate_model_dir(dir, ...)   # an exported / fine-tuned subnet,
                                           # or a transfer workdir's whole front
@@ -14,22 +15,131 @@ measured with `latency.subnet_latency` on the current backend.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from nat_jax import checkpoint, data, export, finetune, latency, objectives, pipeline
+from nat_jax import checkpoint, data, export, latency, layers, objectives, pipeline
 from nat_jax import search_space as ss
+from nat_jax import subnet as subnet_lib
+
+
+def resolve_supernet_dir(path: str) -> str:
+    """A supernet checkpoint dir from itself or a transfer workdir."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise ValueError(f"--supernet_dir {path} does not exist.")
+    if (p / "supernet").is_dir():
+        return str(p / "supernet")
+    return str(p)
+
+
+def full_train_split(ds: data.Dataset) -> data.Split:
+    """NAT's train + validation partitions as one split (same source)."""
+    idx = np.sort(np.concatenate([ds.train.indices, ds.val.indices]))
+    return data.Split("train+val", ds.train.source, idx)
+
+
+# ---------------------------------------------------------------- mesh utils
+def data_mesh() -> jax.sharding.Mesh:
+    """1-D ("data",) mesh of all devices (Auto axes, unlike `jax.make_mesh`)."""
+    return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def _put(tree, mesh, spec):
+    return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
+# ---------------------------------------------------------------- BN / eval
+def _collect_bn(next_fun, args, kwargs, context):
+    """Method interceptor: every MaskedBatchNorm runs in "collect" mode."""
+    if (isinstance(context.module, layers.MaskedBatchNorm)
+            and context.method_name == "__call__"):
+        return next_fun(args[0], args[1], "collect")
+    return next_fun(*args, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_moments(model, variables, images):
+    """Per-BN batch mean and BIASED variance of `images` (OFA's rule)."""
+    with nn.intercept_methods(_collect_bn):
+        _, out = model.apply(variables, images, train=False, mutable=["bn_stats"])
+    return jax.tree.map(lambda d: {"mean": d["mean"], "var": d["var"]},
+                        out["bn_stats"],
+                        is_leaf=lambda d: isinstance(d, dict) and "mask" in d)
+
+
+def recalibrate_bn(model: subnet_lib.Subnet, variables: Mapping,
+                   batches: Iterable) -> dict:
+    """OFA's BN re-calibration of a static subnet; returns new variables.
+
+    Running mean / variance become the batch-size-weighted averages of the
+    per-batch mean and BIASED variance over `batches` (dicts with "image",
+    or image arrays). Every BatchNorm runs in "collect" mode (eval otherwise:
+    no dropout), as `supernet.recalibrate_bn` does for the masked supernet.
+    """
+    model = _eval_clone(model)
+    acc, total = None, 0
+    for b in batches:
+        images = jnp.asarray(b["image"] if isinstance(b, dict) else b, jnp.float32)
+        mom = _batch_moments(model, {"params": variables["params"],
+                                     "batch_stats": variables["batch_stats"]}, images)
+        n = images.shape[0]
+        mom = jax.tree.map(lambda v: v * n, mom)
+        acc = mom if acc is None else jax.tree.map(jnp.add, acc, mom)
+        total += n
+    if acc is None:
+        raise ValueError("recalibrate_bn got no batches.")
+    return {"params": variables["params"],
+            "batch_stats": jax.tree.map(lambda v: v / total, acc)}
+
+
+def _eval_clone(model: subnet_lib.Subnet) -> subnet_lib.Subnet:
+    """The module without train-only settings: equal subnets share compiles."""
+    return model.clone(dropout_rate=0.0, drop_connect_rate=0.0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _eval_counts(model, variables, batch):
+    logits = model.apply(variables, batch["image"], train=False)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    hit5 = (top5 == batch["label"][:, None]).any(-1)
+    hit1 = top5[:, 0] == batch["label"]
+    m = batch["mask"]
+    return jnp.stack([(hit1 & m).sum(), (hit5 & m).sum(), m.sum()])
+
+
+def evaluate(model: subnet_lib.Subnet, variables: Mapping, split: data.Split,
+             resolution: int, batch_size: int = 256,
+             mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Exact top-1/top-5 (%) of `split`: padded last batch, masked counts."""
+    mesh = mesh or data_mesh()
+    model = _eval_clone(model)
+    n_dev = mesh.devices.size
+    batch_size = max(n_dev, batch_size // n_dev * n_dev)
+    variables = _put({"params": variables["params"],
+                      "batch_stats": variables["batch_stats"]}, mesh, P())
+    counts = np.zeros(3, np.int64)
+    for b in pipeline.eval_batches(split, batch_size, resolution, num_devices=n_dev):
+        counts += np.asarray(_eval_counts(model, variables, _put(b, mesh, P("data"))))
+    c1, c5, n = (int(v) for v in counts)
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "correct1": c1,
+            "correct5": c5, "count": n}
 
 
 def _row(name: str, model, variables, arch: ss.Arch, space: ss.SearchSpace,
          ds: data.Dataset, batch_size: int, latency_batch_size: int,
          latency_repeats: int) -> dict[str, Any]:
-    acc = finetune.evaluate(model, variables, ds.test, arch.resolution, batch_size)
+    acc = evaluate(model, variables, ds.test, arch.resolution, batch_size)
     cost = objectives.count(space, arch, model.num_classes)
     row = {"name": name, "resolution": arch.resolution, "width": arch.width,
            "genes": space.encode(arch).tolist(),
@@ -92,13 +202,11 @@ def evaluate_front(workdir: str, dataset: str | None = None,
     cfg = json.loads((wd / "config.json").read_text())
     name, ds = _load_dataset(dataset, data_dir or cfg.get("data_dir") or None,
                              cfg.get("dataset"))
-    sdir = finetune.resolve_supernet_dir(str(wd))
+    sdir = resolve_supernet_dir(str(wd))
     model, variables = checkpoint.load_supernet(sdir)
     _check_classes(model.num_classes, ds, name)
-    from nat_jax import subnet as subnet_lib
-
-    train = finetune.full_train_split(ds)
-    mesh = finetune.data_mesh()
+    train = full_train_split(ds)
+    mesh = data_mesh()
     n_dev = mesh.devices.size
     calib_bs = max(n_dev, min(200, calib_images) // n_dev * n_dev)
     cal = pipeline.CalibrationSet(train, calib_images, calib_bs, seed,
@@ -108,7 +216,7 @@ def evaluate_front(workdir: str, dataset: str | None = None,
     for i in result[which]:
         arch = model.space.decode(entries[i]["genes"])
         sub, sv, _ = subnet_lib.extract_subnet(model, variables, arch)
-        sv = finetune.recalibrate_bn(sub, sv, cal.batches(arch.resolution))
+        sv = recalibrate_bn(sub, sv, cal.batches(arch.resolution))
         row = _row(f"archive[{i}]", sub, sv, arch, model.space, ds, batch_size,
                    latency_batch_size, latency_repeats)
         row.update(archive_index=int(i), pick=i in picks,

@@ -35,10 +35,9 @@ import math
 import os
 import pathlib
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,7 +48,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nat_jax import augment as aug
-from nat_jax import checkpoint, data, export, layers, pipeline
+from nat_jax import checkpoint, data, deployment, export, layers, pipeline
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
 from nat_jax.randaugment import RandAugment
@@ -107,16 +106,6 @@ class TrainState:
 
 
 # ------------------------------------------------------------------- inherit
-def resolve_supernet_dir(path: str) -> str:
-    """A supernet checkpoint dir from itself or a transfer workdir."""
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise ValueError(f"--supernet_dir {path} does not exist.")
-    if (p / "supernet").is_dir():
-        return str(p / "supernet")
-    return str(p)
-
-
 def pick_arch(workdir: str, pick: int, space: ss.SearchSpace) -> ss.Arch:
     """The arch of `result.json["picks"][pick]` of a transfer workdir."""
     wd = pathlib.Path(workdir)
@@ -140,7 +129,8 @@ def inherit(supernet_dir: str, arch: ss.Arch, depthwise_impl: str | None = None
       supernet_dir: a `checkpoint.save_supernet` dir or a transfer workdir.
       arch: the subnet; its width must be the supernet's.
     """
-    model, variables = checkpoint.load_supernet(resolve_supernet_dir(supernet_dir))
+    sdir = deployment.resolve_supernet_dir(supernet_dir)
+    model, variables = checkpoint.load_supernet(sdir)
     space = model.space
     try:
         arch.validate(space)
@@ -154,12 +144,6 @@ def inherit(supernet_dir: str, arch: ss.Arch, depthwise_impl: str | None = None
 
 
 # ---------------------------------------------------------------------- data
-def full_train_split(ds: data.Dataset) -> data.Split:
-    """NAT's train + validation partitions as one split (same source)."""
-    idx = np.sort(np.concatenate([ds.train.indices, ds.val.indices]))
-    return data.Split("train+val", ds.train.source, idx)
-
-
 class AugmentedLoader:
     """Training batches with crop/flip/jitter plus RandAugment; batch t is a
     pure function of (seed, t). Iterating yields from `start_step` on, with
@@ -191,93 +175,6 @@ class AugmentedLoader:
                 if nxt < end_step:
                     futs[nxt] = pool.submit(self.batch, nxt)
                 yield s, futs.pop(s).result()
-
-
-# ---------------------------------------------------------------- mesh utils
-def data_mesh() -> jax.sharding.Mesh:
-    """1-D ("data",) mesh of all devices (Auto axes, unlike `jax.make_mesh`)."""
-    return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def _put(tree, mesh, spec):
-    return jax.device_put(tree, NamedSharding(mesh, spec))
-
-
-# ---------------------------------------------------------------- BN / eval
-def _collect_bn(next_fun, args, kwargs, context):
-    """Method interceptor: every MaskedBatchNorm runs in "collect" mode."""
-    if (isinstance(context.module, layers.MaskedBatchNorm)
-            and context.method_name == "__call__"):
-        return next_fun(args[0], args[1], "collect")
-    return next_fun(*args, **kwargs)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _batch_moments(model, variables, images):
-    """Per-BN batch mean and BIASED variance of `images` (OFA's rule)."""
-    with nn.intercept_methods(_collect_bn):
-        _, out = model.apply(variables, images, train=False, mutable=["bn_stats"])
-    return jax.tree.map(lambda d: {"mean": d["mean"], "var": d["var"]},
-                        out["bn_stats"],
-                        is_leaf=lambda d: isinstance(d, dict) and "mask" in d)
-
-
-def recalibrate_bn(model: subnet_lib.Subnet, variables: Mapping,
-                   batches: Iterable) -> dict:
-    """OFA's BN re-calibration of a static subnet; returns new variables.
-
-    Running mean / variance become the batch-size-weighted averages of the
-    per-batch mean and BIASED variance over `batches` (dicts with "image",
-    or image arrays). Every BatchNorm runs in "collect" mode (eval otherwise:
-    no dropout), as `supernet.recalibrate_bn` does for the masked supernet.
-    """
-    model = _eval_clone(model)
-    acc, total = None, 0
-    for b in batches:
-        images = jnp.asarray(b["image"] if isinstance(b, dict) else b, jnp.float32)
-        mom = _batch_moments(model, {"params": variables["params"],
-                                     "batch_stats": variables["batch_stats"]}, images)
-        n = images.shape[0]
-        mom = jax.tree.map(lambda v: v * n, mom)
-        acc = mom if acc is None else jax.tree.map(jnp.add, acc, mom)
-        total += n
-    if acc is None:
-        raise ValueError("recalibrate_bn got no batches.")
-    return {"params": variables["params"],
-            "batch_stats": jax.tree.map(lambda v: v / total, acc)}
-
-
-def _eval_clone(model: subnet_lib.Subnet) -> subnet_lib.Subnet:
-    """The module without train-only settings: equal subnets share compiles."""
-    return model.clone(dropout_rate=0.0, drop_connect_rate=0.0)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_counts(model, variables, batch):
-    logits = model.apply(variables, batch["image"], train=False)
-    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    hit5 = (top5 == batch["label"][:, None]).any(-1)
-    hit1 = top5[:, 0] == batch["label"]
-    m = batch["mask"]
-    return jnp.stack([(hit1 & m).sum(), (hit5 & m).sum(), m.sum()])
-
-
-def evaluate(model: subnet_lib.Subnet, variables: Mapping, split: data.Split,
-             resolution: int, batch_size: int = 256,
-             mesh: jax.sharding.Mesh | None = None) -> dict:
-    """Exact top-1/top-5 (%) of `split`: padded last batch, masked counts."""
-    mesh = mesh or data_mesh()
-    model = _eval_clone(model)
-    n_dev = mesh.devices.size
-    batch_size = max(n_dev, batch_size // n_dev * n_dev)
-    variables = _put({"params": variables["params"],
-                      "batch_stats": variables["batch_stats"]}, mesh, P())
-    counts = np.zeros(3, np.int64)
-    for b in pipeline.eval_batches(split, batch_size, resolution, num_devices=n_dev):
-        counts += np.asarray(_eval_counts(model, variables, _put(b, mesh, P("data"))))
-    c1, c5, n = (int(v) for v in counts)
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "correct1": c1,
-            "correct5": c5, "count": n}
 
 
 # -------------------------------------------------------------------- train
@@ -352,16 +249,16 @@ def train(state: TrainState, model: subnet_lib.Subnet, loader: AugmentedLoader,
     """Runs from `state.step` to `until` (default `cfg.steps`), checkpointing
     every `cfg.checkpoint_every` steps and at the end to `ckpt_dir`."""
     end = cfg.steps if until is None else min(int(until), cfg.steps)
-    mesh = mesh or data_mesh()
+    mesh = mesh or deployment.data_mesh()
     step_fn = jitted_train_step(model, cfg, mesh)
-    state = _put(state, mesh, P())
+    state = deployment._put(state, mesh, P())
     key = jax.random.key(cfg.seed)
     mngr = _manager(ckpt_dir) if ckpt_dir else None
     start, t0, last = int(state.step), time.time(), {}
     logging.info("Fine-tuning steps %d..%d of %d (compiling the train step "
                  "first).", start, end, cfg.steps)
     for s, batch in loader.iterate(start, end):
-        state, m = step_fn(state, _put(batch, mesh, P("data")), key)
+        state, m = step_fn(state, deployment._put(batch, mesh, P("data")), key)
         done = s + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             last = {k: float(v) for k, v in m.items()}
@@ -431,14 +328,14 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
         raise ValueError(f"{dataset} has no test split to report accuracy on.")
     sub = sub.clone(dropout_rate=cfg.dropout_rate,
                     drop_connect_rate=cfg.drop_connect_rate)
-    train_split = full_train_split(ds)
+    train_split = deployment.full_train_split(ds)
     r = arch.resolution
-    mesh = data_mesh()
+    mesh = deployment.data_mesh()
     n_dev = mesh.devices.size
     calib_bs = max(n_dev, min(200, calib_images) // n_dev * n_dev)
-    variables = recalibrate_bn(sub, variables, pipeline.calibration_batches(
+    variables = deployment.recalibrate_bn(sub, variables, pipeline.calibration_batches(
         train_split, r, calib_images, calib_bs, seed=cfg.seed, num_devices=n_dev))
-    before = evaluate(sub, variables, ds.test, r, eval_batch_size, mesh)
+    before = deployment.evaluate(sub, variables, ds.test, r, eval_batch_size, mesh)
     logging.info("Inherited weights (BN re-calibrated): test top-1 %.2f%%",
                  before["top1"])
     if cfg.batch_size % n_dev:
@@ -453,11 +350,11 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
                   str(wd / "metrics.jsonl"))
     train_s = time.time() - t0
     state = jax.device_get(state)
-    after_raw = evaluate(sub, state.variables(ema=False), ds.test, r,
-                         eval_batch_size, mesh)
+    after_raw = deployment.evaluate(sub, state.variables(ema=False), ds.test, r,
+                                    eval_batch_size, mesh)
     use_ema = cfg.ema_decay > 0
-    after = (evaluate(sub, state.variables(ema=True), ds.test, r, eval_batch_size,
-                      mesh) if use_ema else after_raw)
+    after = (deployment.evaluate(sub, state.variables(ema=True), ds.test, r,
+                                 eval_batch_size, mesh) if use_ema else after_raw)
     result = {"dataset": dataset, "before": before, "after": after,
               "after_raw": after_raw, "ema": use_ema, "steps": cfg.steps,
               "train_seconds_this_run": train_s, "num_devices": n_dev,

@@ -62,14 +62,14 @@ def test_pick_resolves_archive_entry(transfer_dir):
     assert finetune.pick_arch(str(transfer_dir), 0, SPACE) == ARCH
     with pytest.raises(ValueError, match="out of range"):
         finetune.pick_arch(str(transfer_dir), 5, SPACE)
-    assert finetune.resolve_supernet_dir(str(transfer_dir)).endswith("supernet")
+    assert deployment.resolve_supernet_dir(str(transfer_dir)).endswith("supernet")
 
 
 def test_recalibrate_bn_matches_batch_moments(transfer_dir):
     sub, v, _, _ = finetune.inherit(str(transfer_dir), ARCH)
     images = np.random.default_rng(0).standard_normal((8, 32, 32, 3)) + 0.5
     images = images.astype(np.float32)
-    new = finetune.recalibrate_bn(sub, v, [images[:4], images[4:]])
+    new = deployment.recalibrate_bn(sub, v, [images[:4], images[4:]])
     h = np.asarray(layers.conv2d(images, v["params"]["first_conv"], 2))
     got = new["batch_stats"]["first_bn"]
     np.testing.assert_allclose(got["mean"], h.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
@@ -88,7 +88,7 @@ def test_finetune_improves_test_accuracy_and_exports(finetuned, tiny_cfg):
     assert json.loads(lines[-1])["step"] == tiny_cfg.steps
     model, variables, _ = export.load_subnet(str(wd / "model"))
     ds = data.load(data.EMBEDDED)
-    again = finetune.evaluate(model, variables, ds.test, 32, 200)
+    again = deployment.evaluate(model, variables, ds.test, 32, 200)
     assert again["correct1"] == after["correct1"]
     # A finished workdir returns its result without training again.
     assert finetune.run(tiny_cfg, str(wd), "unused", ARCH, data.EMBEDDED) == res

@@ -41,15 +41,15 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     if variant == "tiny":
         # CPU-sized: fewer steps, so faster BN/EMA averages and milder RandAugment.
         c.epochs = 0.0
-        c.steps = 120
+        c.steps = 300             # about 5 epochs of the embedded data
         c.batch_size = 64
         c.lr = 0.01
         c.warmup_epochs = 0.0
         c.bn_momentum = 0.1
         c.ema_decay = 0.99
         c.randaug_magnitude = 5.0
-        c.checkpoint_every = 60
-        c.log_every = 20
+        c.checkpoint_every = 100
+        c.log_every = 50
         c.eval_batch_size = 200
         c.calib_images = 256
     return c
