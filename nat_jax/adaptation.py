@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import time
 from typing import Any, Callable
@@ -454,6 +455,13 @@ def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
     return jax.tree.map(put, batch)
 
 
+def to_host(x) -> np.ndarray:
+    """Host copy of a replicated array (also when it spans several hosts)."""
+    if isinstance(x, jax.Array):
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
 @functools.lru_cache(maxsize=None)
 def jitted_train_step(model, config: AdaptConfig, mesh: jax.sharding.Mesh):
     """`train_step` jitted over `mesh`: batch on "data", the rest replicated.
@@ -482,7 +490,8 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
         buffers are donated to the step (use the returned state).
       model: the Supernet.
       loader: `nat_jax.pipeline.TrainLoader`-like: `.next(resolution)` gives
-        {"image", "label"} numpy arrays (the global batch), `.state()`.
+        {"image", "label"} numpy arrays (the global batch), `.state()`; if
+        `.next` takes `next_resolution`, the next step's is announced.
       probs: float[num_genes, V] from `gene_distribution`.
       num_steps: steps to run now.
       config: AdaptConfig.
@@ -505,19 +514,20 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
     mesh = data_mesh() if mesh is None else mesh
     step_fn = jitted_train_step(model, config, mesh)
     state = replicate(state, mesh)
-    start = int(state.step)
+    start = int(to_host(state.step))
     probs = fix_width(probs, space, model.width)
     all_genes = np.asarray(sample_for_steps(
-        jax.random.wrap_key_data(state.key), probs, space,
+        jax.random.wrap_key_data(to_host(state.key)), probs, space,
         np.arange(start, start + num_steps, dtype=np.int32)))
     times = {"data_s": 0.0, "step_s": 0.0, "sync_s": 0.0}
+    announce = "next_resolution" in inspect.signature(loader.next).parameters
     losses, accs, pending = [], [], None
     n_images, t_start = 0, time.perf_counter()
 
     def check(p):
         step, genes, m = p
         t = time.perf_counter()
-        m = jax.device_get(m)
+        m = jax.tree.map(to_host, m)
         times["sync_s"] += time.perf_counter() - t
         loss = float(m["loss"])
         if not math.isfinite(loss):
@@ -534,7 +544,12 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
     for i in range(num_steps):
         step, genes = start + i, all_genes[i]
         t = time.perf_counter()
-        batch = loader.next(space.resolutions[int(genes[0])])
+        res = space.resolutions[int(genes[0])]
+        if announce and i + 1 < num_steps:  # lets the loader render ahead
+            batch = loader.next(res, next_resolution=space.resolutions[
+                int(all_genes[i + 1][0])])
+        else:
+            batch = loader.next(res)
         batch = shard_batch({"image": batch["image"], "label": batch["label"]},
                             mesh)
         arch = space.genes_to_arrays(genes)

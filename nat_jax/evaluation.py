@@ -205,7 +205,7 @@ def _count_all(model, mesh, params, stats, archs, batches, g_per):
         for b in batches:
             c = fn(params, stats[0], b["image"], b["label"], b["mask"], archs[0])
             total = c if total is None else total + c
-        return [np.asarray(total)]
+        return [ad.to_host(total)]
     n = len(stats)
     pad = g_per - n  # pad to a fixed G: one compile per resolution
     stats = stats + [stats[-1]] * pad
@@ -217,4 +217,4 @@ def _count_all(model, mesh, params, stats, archs, batches, g_per):
     for b in batches:
         c = fn(params, stacked, b["image"], b["label"], b["mask"], arch)
         total = c if total is None else total + c
-    return list(np.asarray(total))[:n]
+    return list(ad.to_host(total))[:n]

@@ -1,0 +1,117 @@
+"""Adaptation and evaluation throughput, side by side in one run.
+
+    python -m benchmarks.adaptation [--space tiny|ofa] [--steps 20]
+
+Training: images/second of `adaptation.adapt` on 1 and on 4 forced CPU
+devices (each in a subprocess, since the device count is fixed at JAX start),
+same global batch, with the per-step breakdown: host data (loader + sharding),
+step dispatch, host sync (waiting for the step's loss). Evaluation: seconds
+per subnet of `evaluation.evaluate_subnets` (BN re-calibration + validation),
+one subnet per compiled call against several (vmap). Compiles are excluded
+(a warm-up call first).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def child(args):
+    import jax
+
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_num_cpu_devices", args.devices)
+    import numpy as np
+
+    from nat_jax import adaptation as ad
+    from nat_jax import data, pipeline, supernet
+    from nat_jax import evaluation as ev
+    from nat_jax import search_space as ss
+
+    space = ss.SearchSpace.tiny() if args.space == "tiny" else ss.OFA_MBV3
+    res = space.resolutions[args.res_index]
+    model, variables = supernet.init_supernet(space, space.widths[0], 10,
+                                              jax.random.key(0))
+    ds = data.load(data.EMBEDDED)
+    genes = np.array(space.sample(jax.random.key(1), 100))
+    genes[:, 0] = space.resolution_index(res)
+    probs = ad.gene_distribution(space, genes, floor=0.0)
+    cfg = ad.AdaptConfig()
+    mesh = ad.data_mesh()
+    out = {"devices": len(jax.devices()), "resolution": res}
+    if args.mode in ("train", "both"):
+        loader = pipeline.TrainLoader(ds.train, args.batch, num_devices=1)
+        state = ad.create_train_state(model, variables, cfg, 10_000)
+        t = time.perf_counter()
+        state, _ = ad.adapt(state, model, loader, probs, 2, cfg, mesh=mesh)
+        out["train_compile_s"] = time.perf_counter() - t
+        state, m = ad.adapt(state, model, loader, probs, args.steps, cfg,
+                            mesh=mesh)
+        out.update({k: m[k] for k in ("images_per_s", "wall_s", "data_s",
+                                      "step_s", "sync_s")})
+        out["train_steps"] = args.steps
+    if args.mode in ("eval", "both"):
+        cal = pipeline.CalibrationSet(ds.train, 2000, 200)
+        sub = list(genes[:args.subnets])
+        for g in (1, 4):
+            ecfg = ev.EvalConfig(batch_size=200, subnets_per_call=g)
+            ev.evaluate_subnets(model, variables, sub[:g], space, ds.val,
+                                ds.train, ecfg, mesh=mesh, calibration=cal)
+            t = time.perf_counter()
+            ev.evaluate_subnets(model, variables, sub, space, ds.val, ds.train,
+                                ecfg, mesh=mesh, calibration=cal)
+            out[f"eval_s_per_subnet_g{g}"] = (time.perf_counter() - t) / len(sub)
+        out["eval_images"] = len(ds.val)
+    print("RESULT " + json.dumps(out))
+
+
+def run_child(devices, args, mode):
+    cmd = [sys.executable, "-m", "benchmarks.adaptation", "--child",
+           "--devices", str(devices), "--space", args.space, "--steps",
+           str(args.steps), "--batch", str(args.batch), "--mode", mode,
+           "--res_index", str(args.res_index), "--subnets", str(args.subnets)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"benchmark child failed:\n{proc.stderr[-3000:]}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--space", default="tiny", choices=("tiny", "ofa"))
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--res_index", type=int, default=-1)
+    p.add_argument("--subnets", type=int, default=8)
+    p.add_argument("--devices", type=int, default=1)
+    p.add_argument("--mode", default="both", choices=("train", "eval", "both"))
+    p.add_argument("--child", action="store_true")
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    one = run_child(1, args, "both")
+    four = run_child(4, args, "train")
+    print(f"space={args.space} resolution={one['resolution']} "
+          f"global batch={args.batch}, {args.steps} timed steps")
+    print(f"{'devices':>8} {'img/s':>8} {'data ms':>8} {'step ms':>8} "
+          f"{'sync ms':>8} {'compile s':>9}")
+    for r in (one, four):
+        n = r["train_steps"]
+        print(f"{r['devices']:>8} {r['images_per_s']:>8.1f} "
+              f"{1e3 * r['data_s'] / n:>8.1f} {1e3 * r['step_s'] / n:>8.1f} "
+              f"{1e3 * r['sync_s'] / n:>8.1f} {r['train_compile_s']:>9.1f}")
+    print(f"4-device / 1-device images/s: "
+          f"{four['images_per_s'] / one['images_per_s']:.2f}")
+    g1, g4 = one["eval_s_per_subnet_g1"], one["eval_s_per_subnet_g4"]
+    print(f"evaluation ({one['eval_images']} val images + 2000 calibration, "
+          f"1 device): {g1:.3f} s/subnet one per call, {g4:.3f} s/subnet "
+          f"4 per call (vmap); ratio {g4 / g1:.2f}")
+
+
+if __name__ == "__main__":
+    main()
