@@ -120,7 +120,8 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
       calib_split: `data.Split` for re-calibration (NAT: the train split).
       config: EvalConfig.
       mesh: ("data",) mesh (default `adaptation.data_mesh()`).
-      progress: called as progress(i, n, result) after each subnet i.
+      progress: called as progress(i, n, result) after subnet i (of n) is
+        measured; subnets run grouped by resolution, not in list order.
       calibration: a prebuilt CalibrationSet to reuse across calls.
 
     Returns:
@@ -143,7 +144,6 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
     for i, g in enumerate(genes):
         by_res.setdefault(int(g[0]), []).append(i)
     results: list[dict | None] = [None] * len(genes)
-    done = 0
     for r_idx, idx in by_res.items():
         r = space.resolutions[r_idx]
         calib = [_put_images(b["image"], mesh) for b in calibration.batches(r)]
@@ -166,9 +166,8 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
                 results[i] = {"top1": 100.0 * c1 / max(n, 1),
                               "top5": 100.0 * c5 / max(n, 1), "n": n,
                               "seconds": secs}
-                done += 1
                 if progress is not None:
-                    progress(done - 1, len(genes), results[i])
+                    progress(i, len(genes), results[i])
     return results
 
 
