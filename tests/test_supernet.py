@@ -139,8 +139,12 @@ def test_depthwise_impls_agree_with_gradients(stride, k, hw):
                                                hw // stride + 1, 5))
     outs = {}
     for impl in ("conv", "shift"):
-        y, vjp = jax.vjp(lambda x, w: layers.depthwise_conv(x, w, stride, impl), x, w)
-        outs[impl] = (y,) + vjp(ct)  # custom VJP of "shift" vs XLA's conv VJP
+        @jax.jit
+        def f(x, w, ct):
+            y, vjp = jax.vjp(lambda x, w: layers.depthwise_conv(x, w, stride, impl),
+                             x, w)
+            return (y,) + vjp(ct)  # custom VJP of "shift" vs XLA's conv VJP
+        outs[impl] = f(x, w, ct)
     for a, b in zip(outs["conv"], outs["shift"]):
         np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(a).max()), rtol=0)
 
@@ -156,7 +160,7 @@ def test_supernet_impls_agree_and_masked_grads(tiny):
     def loss(p):
         return model.apply({"params": p, "batch_stats": variables["batch_stats"]},
                            x, arch.as_arrays()).sum()
-    g = jax.grad(loss)(variables["params"])
+    g = jax.jit(jax.grad(loss))(variables["params"])
     mid = TINY.mid_channels(8, 3)  # block 1: C_in 8, e3
     assert not np.any(g["block_1"]["expand_kernel"][..., mid:])
     assert np.any(g["block_1"]["expand_kernel"][..., :mid])
