@@ -28,6 +28,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Search seed.")
 _EVALUATE = flags.DEFINE_integer("evaluate", 8, "Subnets measured on the supernet.")
 _GENERATIONS = flags.DEFINE_integer("generations", None, "Override generations.")
 _OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
+_LATENCY = flags.DEFINE_string("latency_table", "", "Latency lookup table (JSON from "
+                               "experiments.build_latency_table) for 'latency'.")
 
 
 @cli.one_line_errors
@@ -42,7 +44,7 @@ def main(argv):
     summary = retarget.search_workdir(_DIR.value, _OBJECTIVES.value,
                                       _CONSTRAINTS.value, _SEED.value,
                                       _EVALUATE.value, _OUTPUT.value,
-                                      _GENERATIONS.value)
+                                      _GENERATIONS.value, _LATENCY.value)
     print(json.dumps(summary))
 
 

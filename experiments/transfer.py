@@ -35,9 +35,13 @@ _OBJECTIVES = flags.DEFINE_string(
 _SUPERNET = flags.DEFINE_string(
     "supernet", None, "Orbax supernet directory written by experiments.convert_ofa.")
 _SEED = flags.DEFINE_integer("seed", None, "Random seed (default: the config's).")
+_LATENCY = flags.DEFINE_string(
+    "latency_table", None, "Latency lookup table from experiments.build_latency_table; "
+    "enables the 'latency' objective (ms).")
 
 
-def resolve_config(config, dataset=None, objectives=None, supernet=None, seed=None):
+def resolve_config(config, dataset=None, objectives=None, supernet=None, seed=None,
+                   latency_table=None):
     """Applies the flag overrides onto a copy of `config`."""
     config = config.copy_and_resolve_references()
     with config.unlocked():
@@ -49,6 +53,8 @@ def resolve_config(config, dataset=None, objectives=None, supernet=None, seed=No
             config.supernet = supernet
         if seed is not None:
             config.seed = seed
+        if latency_table is not None:
+            config.latency_table = latency_table
     return config
 
 
@@ -60,7 +66,7 @@ def main(argv):
     from nat_jax import transfer  # after flag parsing: keeps --help fast
 
     config = resolve_config(_CONFIG.value, _DATASET.value, _OBJECTIVES.value,
-                            _SUPERNET.value, _SEED.value)
+                            _SUPERNET.value, _SEED.value, _LATENCY.value)
     logging.info("Workdir %s; config:\n%s", _WORKDIR.value, config)
     summary = transfer.run(config, _WORKDIR.value)
     print(f"Done. Report: {os.path.join(_WORKDIR.value, 'report.md')}; "

@@ -88,7 +88,7 @@ def load_workdir(workdir: str | pathlib.Path):
 
 def search_workdir(workdir, objective_names: str, constraints: str = "",
                    seed: int = 0, n_evaluate: int = 8, output=None,
-                   generations: int | None = None) -> dict:
+                   generations: int | None = None, latency_table: str = "") -> dict:
     """Searches a transfer run's supernet for new objectives; returns the front.
 
     Args:
@@ -100,9 +100,12 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
       output: directory for front.json, front.png and report lines
         (default WORKDIR/search_<objectives>).
       generations: override the run's generations per search.
+      latency_table: a table from experiments.build_latency_table (enables the
+        "latency" objective; default: the run's own table, if any).
     """
     t0 = time.time()
     cfg, archive, model, variables, dataset = load_workdir(workdir)
+    transfer.enable_latency(latency_table or cfg.get("latency_table", ""))
     space = archive.space
     names, _ = transfer.parse_objectives(objective_names, space, dataset.num_classes)
     cons = parse_constraints(constraints)

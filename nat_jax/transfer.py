@@ -17,6 +17,11 @@ Everything a rerun needs lives in `workdir`: `config.json`, `archive.json`
 iteration), `progress.json`, plots and, at the end, `report.md` and the
 params-only task supernet under `supernet/`. Rerunning the same command
 continues from the last completed step and never repeats finished work.
+
+Fault injection (for the resume tests): NAT_JAX_KILL_AT="adapt:S" sends
+SIGKILL to this process right after global adaptation step S;
+"evaluate:N" right after the N-th subnet evaluated with re-adapted weights
+(weights version >= 2).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import json
 import math
 import os
 import pathlib
+import shutil
+import signal
 import time
 from typing import Any
 
@@ -42,8 +49,16 @@ from nat_jax import supernet as supernet_lib
 from nat_jax import tradeoff
 from nat_jax.archive import Archive
 
-# Config fields a resumed run may change without being "a different run".
-_RESUMABLE_OVERRIDES = ("search.iterations",)
+def _maybe_kill(phase: str, count: int) -> None:
+    """SIGKILLs this process when NAT_JAX_KILL_AT names this point (tests)."""
+    spec = os.environ.get("NAT_JAX_KILL_AT", "")
+    if spec and spec == f"{phase}:{count}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# Config fields a resumed run may change without being "a different run"
+# (none yet: e.g. more iterations would change the learning-rate schedule).
+_RESUMABLE_OVERRIDES = ()
 
 
 def get_space(name: str) -> ss.SearchSpace:
@@ -51,6 +66,18 @@ def get_space(name: str) -> ss.SearchSpace:
     if name not in spaces:
         raise ValueError(f"Unknown search space {name!r}; known: {sorted(spaces)}.")
     return spaces[name]
+
+
+def enable_latency(path: str) -> None:
+    """Registers the "latency" objective from a lookup table file, if given."""
+    if path:
+        from nat_jax import latency  # imports the subnet builder; only when used
+
+        if not pathlib.Path(path).is_file():
+            raise FileNotFoundError(
+                f"Latency table {path} not found; build one on the target device "
+                f"with python -m experiments.build_latency_table --output={path}")
+        latency.register_table(path)
 
 
 def run_space(config) -> ss.SearchSpace:
@@ -134,6 +161,7 @@ class _Run:
         self.key = jax.random.key(config.seed)
         self.dataset = data.load(config.dataset, data_dir=config.data_dir or None)
         self.num_classes = self.dataset.num_classes
+        enable_latency(config.get("latency_table", ""))
         self.names, self.complexity = parse_objectives(
             config.objectives, self.space, self.num_classes)
         self.model, variables = self._supernet()
@@ -226,8 +254,9 @@ class _Run:
         self.state, m = adaptation.adapt(
             self.state, self.model, self.loader, probs, target - done,
             self.adapt_cfg, mesh=self.mesh, checkpointer=self.ckpt,
-            progress=lambda step, d: prog.update(
-                step + 1 - done, f"loss={d['loss']:.3f} lr={d['lr']:.4f}"))
+            progress=lambda step, d: (prog.update(
+                step + 1 - done, f"loss={d['loss']:.3f} lr={d['lr']:.4f}"),
+                _maybe_kill("adapt", step + 1)))
         logging.info("Adaptation round %d done: mean loss %.3f, %.0f images/s", r,
                      m["loss"], m["images_per_s"])
 
@@ -252,6 +281,8 @@ class _Run:
                 self.archive.save(self.workdir / "archive.json")
                 count[0] += 1
                 prog.update(count[0], f"top1={res['top1']:.2f}")
+                if version >= 2:
+                    _maybe_kill("evaluate", count[0])
 
             evaluation.evaluate_subnets(
                 self.model, variables, [self.archive.entries[i].genes for i in idx],
@@ -329,6 +360,8 @@ class _Run:
         if most_acc not in picks:
             picks.append(most_acc)
         supernet_dir = self.workdir / "supernet"
+        if supernet_dir.exists():  # left by a crash inside finish(): redo it
+            shutil.rmtree(supernet_dir)
         checkpoint.save_supernet(str(supernet_dir), self.model, self.variables())
         summary = {"front": [int(i) for i in front], "picks": picks,
                    "supernet_dir": str(supernet_dir)}
@@ -381,6 +414,10 @@ def run(config, workdir: str | os.PathLike) -> dict:
     """Runs (or resumes) NAT with `config` in `workdir`; returns the summary."""
     workdir = pathlib.Path(workdir)
     check_workdir_config(workdir, config.to_dict())
+    done = workdir / "progress.json"
+    if done.exists() and json.loads(done.read_text()).get("done"):
+        logging.info("%s holds a finished run; nothing to do.", workdir)
+        return json.loads((workdir / "result.json").read_text())
     r = _Run(config, workdir)
     done_metrics = {m["iteration"] for m in _read_jsonl(workdir / "metrics.jsonl")}
     iterations = config.search.iterations

@@ -1,4 +1,4 @@
-"""NAT transfer configs: `paper` (Table 2 / section 4.4 defaults) and `tiny` (CPU).
+"""NAT transfer configs: `paper` (Table 2 / section 4.4), `tiny` (CPU demo), `test`.
 
 Usage:
   python -m experiments.transfer                                   # tiny, embedded data
@@ -12,8 +12,9 @@ import ml_collections
 
 def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     """Every default of a transfer run lives here (one place, STYLE.md P2)."""
-    if variant not in ("tiny", "paper"):
-        raise ValueError(f"Unknown config variant {variant!r}; use 'tiny' or 'paper'.")
+    if variant not in ("tiny", "paper", "test"):
+        raise ValueError(f"Unknown config variant {variant!r}; use 'tiny', 'paper' or "
+                         f"'test'.")
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.seed = 0
@@ -25,6 +26,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.supernet = ""                    # orbax dir from experiments.convert_ofa; "" = random
     # Objectives, all minimised; top1_error is always first.
     c.objectives = "top1_error,madds"
+    c.latency_table = ""               # JSON from experiments.build_latency_table:
+                                       # enables the "latency" objective (ms)
     c.baselines = ml_collections.ConfigDict()   # name -> [error %, obj2, ...] for plots
 
     c.search = ml_collections.ConfigDict(dict(
@@ -66,4 +69,13 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
                        dropout_rate=0.0)
         c.eval.update(batch_size=200, calib_images=256, calib_batch_size=128)
         c.final.update(num_tradeoff=3)
+    if variant == "test":  # smoke-test size for the end-to-end tests (seconds)
+        c.space = "tiny"
+        c.resolutions = (32,)
+        c.search.update(iterations=2, archive_init=4, candidates_per_iter=2,
+                        pop_size=8, generations=3, ensemble_size=10)
+        c.adapt.update(epochs_per_iter=1, warmup_epochs=1, batch_size=32, lr=0.05,
+                       checkpoint_every=4, max_steps_per_epoch=12, dropout_rate=0.0)
+        c.eval.update(batch_size=200, calib_images=64, calib_batch_size=32)
+        c.final.update(num_tradeoff=2)
     return c

@@ -1,0 +1,155 @@
+"""NAT end to end on the embedded data: files, archive growth, resume, errors.
+
+Runs `python -m experiments.transfer` in subprocesses (one CPU device each)
+sharing a persistent compilation cache, so only the first run compiles.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments.configs import transfer as transfer_cfg
+from nat_jax import checkpoint, tradeoff
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = f"--config={ROOT / 'experiments' / 'configs' / 'transfer.py'}:test"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(
+        tmp_path_factory.mktemp("jax_cache"))
+    e = {k: v for k, v in os.environ.items() if not k.startswith("XLA_")}
+    e.update(JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
+    e.pop("JAX_NUM_CPU_DEVICES", None)
+    return e
+
+
+def _transfer(env, workdir, *flags, kill_at=None, timeout=900):
+    e = dict(env)
+    if kill_at:
+        e["NAT_JAX_KILL_AT"] = kill_at
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.transfer", CONFIG,
+         f"--workdir={workdir}", *flags],
+        capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def full_run(env, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("nat") / "run"
+    out = _transfer(env, workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return workdir
+
+
+def _archive(workdir):
+    return json.loads((workdir / "archive.json").read_text())["entries"]
+
+
+def test_complete_run_writes_everything(full_run):
+    c = transfer_cfg.get_config("test")
+    for name in ("config.json", "archive.json", "metrics.jsonl", "report.md",
+                 "result.json", "progress.json", "plots/front_final.png",
+                 "plots/front_iter_00.png", "plots/front_iter_01.png"):
+        assert (full_run / name).is_file(), name
+    assert list((full_run / "tensorboard").glob("events.out.tfevents.*"))
+    entries = _archive(full_run)
+    # Initial archive: uniform samples + min + max; then K per iteration.
+    n0 = c.search.archive_init + 2
+    assert [e["iteration"] for e in entries] == (
+        [0] * n0 + [1] * c.search.candidates_per_iter
+        + [2] * c.search.candidates_per_iter)
+    # Every member measured with the final weights (version = iterations).
+    assert {e["version"] for e in entries} == {c.search.iterations}
+    top1 = np.array([e["top1"] for e in entries])
+    assert np.all((top1 > 0) & (top1 <= 100)) and len(set(top1.tolist())) > 2
+    # Accuracies are measured on 800 validation images: multiples of 1/8 %.
+    np.testing.assert_allclose(top1 * 8, np.round(top1 * 8), atol=1e-6)
+    metrics = [json.loads(line) for line in
+               (full_run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["iteration"] for m in metrics] == list(range(c.search.iterations))
+    assert [m["archive_size"] for m in metrics] == [
+        n0 + c.search.candidates_per_iter * (i + 1) for i in range(len(metrics))]
+    result = json.loads((full_run / "result.json").read_text())
+    F = np.array([[100 - e["top1"], e["objectives"]["madds"]] for e in entries])
+    front = np.asarray(result["front"])
+    assert np.all(tradeoff.nondominated(F[front]))
+    assert set(np.flatnonzero(tradeoff.nondominated(F))) <= set(front)
+    assert set(result["picks"]) <= set(front)
+    model, variables = checkpoint.load_supernet(str(full_run / "supernet"))
+    assert model.num_classes == 10 and "params" in variables
+    assert "## Selected subnets" in (full_run / "report.md").read_text()
+
+
+def test_killed_runs_resume_to_the_same_result(env, full_run, tmp_path):
+    workdir = tmp_path / "run"
+    # SIGKILL during the warm-up adaptation (after step 6; checkpoint at 4) ...
+    out = _transfer(env, workdir, kill_at="adapt:6")
+    assert out.returncode == -9, out.stderr[-2000:]
+    assert not (workdir / "metrics.jsonl").exists()
+    # ... then during the re-evaluation of iteration 1's archive ...
+    out = _transfer(env, workdir, kill_at="evaluate:3")
+    assert out.returncode == -9, out.stderr[-2000:]
+    versions = [e["version"] for e in _archive(workdir)]
+    assert versions.count(2) == 3 and 1 in versions
+    # ... and finish.
+    out = _transfer(env, workdir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert _archive(workdir) == _archive(full_run)
+    _, a = checkpoint.load_supernet(str(workdir / "supernet"))
+    _, b = checkpoint.load_supernet(str(full_run / "supernet"))
+    for x, y in zip(np.concatenate([np.ravel(v) for v in _leaves(a)]),
+                    np.concatenate([np.ravel(v) for v in _leaves(b)])):
+        assert x == y
+    # A finished run is not repeated.
+    out = _transfer(env, workdir)
+    assert out.returncode == 0 and "Adaptation round" not in out.stderr
+
+
+def _leaves(tree):
+    import jax
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_search_adapted_supernet_for_new_objective(env, full_run, tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.search", f"--supernet_dir={full_run}",
+         "--objectives=top1_error,params", "--constraints=madds<=0.6",
+         "--evaluate=3", "--generations=2", f"--output={tmp_path}"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["objectives"] == ["top1_error", "params"] and summary["front"]
+    front = json.loads((tmp_path / "front.json").read_text())["entries"]
+    assert all(e["top1"] is not None for e in front)
+    assert (tmp_path / "front.png").is_file()
+    from nat_jax import objectives, transfer
+    space = transfer.run_space(transfer_cfg.get_config("test"))
+    madds = objectives.madds(space, np.array([e["genes"] for e in front]), 10)
+    assert np.all(madds <= 0.6e6)
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (["--dataset=no_such_dataset"], "Unknown dataset"),
+    (["--objectives=top1_error,flops"], "Unknown objective 'flops'"),
+    (["--objectives=madds,top1_error"], "must start with top1_error"),
+    (["--supernet=/nonexistent/ofa"], "convert_ofa"),
+])
+def test_bad_flags_fail_fast_with_one_line(env, tmp_path, flags, msg):
+    out = _transfer(env, tmp_path / "w", *flags, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert msg in out.stderr and "Traceback" not in out.stderr
+
+
+def test_workdir_of_another_run_is_refused(env, full_run):
+    out = _transfer(env, full_run, "--seed=1", timeout=120)
+    assert out.returncode == 2
+    assert "holds a different run" in out.stderr and "seed" in out.stderr
