@@ -401,7 +401,8 @@ def train_step(state: TrainState, batch: dict, arch: dict, *, model,
       config: AdaptConfig (static).
 
     Returns:
-      (new state, {"loss", "top1" (batch accuracy, fraction), "lr"}).
+      (new state, {"loss", "top1" (batch accuracy, fraction), "lr",
+      "grad_norm"}).
     """
     key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
     dropout_key = jax.random.fold_in(key, 1)
@@ -414,9 +415,10 @@ def train_step(state: TrainState, batch: dict, arch: dict, *, model,
     params, momentum = masked_sgd(state.params, grads,
                                   state.opt_state["momentum"], mask, lr, config)
     top1 = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+    grad_norm = optax.tree.norm(grads)
     new = state.replace(params=params, batch_stats=batch_stats,
                         opt_state={"momentum": momentum}, step=state.step + 1)
-    return new, {"loss": loss, "top1": top1, "lr": lr}
+    return new, {"loss": loss, "top1": top1, "lr": lr, "grad_norm": grad_norm}
 
 
 # ------------------------------------------------------------- sharding
@@ -507,8 +509,8 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
       (dispatch), "sync_s" (waiting for results), "wall_s".
 
     Raises:
-      RuntimeError: non-finite loss (names the step and the genotype); the
-        last checkpoint is not overwritten.
+      RuntimeError: non-finite loss or gradient (names the step and the
+        genotype); the last checkpoint is not overwritten.
     """
     space = model.space
     mesh = data_mesh() if mesh is None else mesh
@@ -529,10 +531,11 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
         t = time.perf_counter()
         m = jax.tree.map(to_host, m)
         times["sync_s"] += time.perf_counter() - t
-        loss = float(m["loss"])
-        if not math.isfinite(loss):
+        loss, gnorm = float(m["loss"]), float(m["grad_norm"])
+        if not (math.isfinite(loss) and math.isfinite(gnorm)):
             raise RuntimeError(
-                f"Non-finite loss {loss} at global step {step} on subnet "
+                f"Non-finite loss {loss} (gradient norm {gnorm}) at global "
+                f"step {step} on subnet "
                 f"genes={genes.tolist()} ({space.decode(genes)}); training "
                 "stopped, the last checkpoint was kept.")
         losses.append(loss)
