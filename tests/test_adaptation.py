@@ -281,3 +281,32 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(tmp_path):
     assert loader.step == 3
     for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(a, np.asarray(b))
+
+
+def test_masked_sgd_matches_torch_sgd_on_active_entries():
+    """PyTorch SGD (Nesterov, momentum 0.9, decay only on ndim >= 2) where the
+    mask is set; masked-out entries and their momentum stay put."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(4, 3)).astype(np.float32),
+              "b": rng.normal(size=(3,)).astype(np.float32)}
+    grads = [{k: rng.normal(size=v.shape).astype(np.float32)
+              for k, v in params.items()} for _ in range(3)]
+    cfg = ad.AdaptConfig(weight_decay=0.01)
+    mask = {"w": np.ones((4, 3), bool), "b": np.array([True, False, True])}
+    p = jax.tree.map(jnp.asarray, params)
+    mom = jax.tree.map(jnp.zeros_like, p)
+    tw = torch.tensor(params["w"], requires_grad=True)
+    tb = torch.tensor(params["b"], requires_grad=True)
+    opt = torch.optim.SGD([{"params": [tw], "weight_decay": 0.01},
+                           {"params": [tb], "weight_decay": 0.0}], lr=0.05,
+                          momentum=0.9, nesterov=True)
+    for g in grads:
+        p, mom = ad.masked_sgd(p, g, mom, mask, 0.05, cfg)
+        tw.grad, tb.grad = torch.tensor(g["w"]), torch.tensor(g["b"])
+        opt.step()
+    p, mom = jax.tree.map(np.asarray, (p, mom))
+    np.testing.assert_allclose(p["w"], tw.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(p["b"][[0, 2]], tb.detach().numpy()[[0, 2]],
+                               rtol=1e-5, atol=1e-6)
+    assert p["b"][1] == params["b"][1] and mom["b"][1] == 0.0
