@@ -206,7 +206,8 @@ class SearchSpace:
         layers = layers.reshape(layers.shape[:-1] + (self.num_stages, self.max_depth))
         order = xp.argsort(layers == 0, axis=-1, stable=True)
         layers = xp.take_along_axis(layers, order, axis=-1)
-        return xp.concatenate([head, layers.reshape(head.shape[:-1] + (-1,))], axis=-1)
+        flat = layers.reshape(head.shape[:-1] + (self.num_blocks,))
+        return xp.concatenate([head, flat], axis=-1)
 
     def validate_genes(self, genes: Sequence[int] | np.ndarray) -> np.ndarray:
         """Check one genotype; returns it as int32 numpy or raises ValueError."""

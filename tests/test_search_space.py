@@ -78,6 +78,12 @@ def test_canonicalize_is_idempotent_and_equal_networks_compare_equal():
     assert S.decode(a).d[0] == 3
 
 
+def test_canonicalize_empty_population():
+    empty = np.zeros((0, S.num_genes), np.int32)
+    assert S.canonicalize(empty).shape == (0, 22)
+    assert S.genes_to_arrays(empty)["d"].shape == (0, 5)
+
+
 def test_canonicalize_under_jit_matches_numpy_path():
     genes = _random_genes(64, seed=2)
     np.testing.assert_array_equal(jax.jit(S.canonicalize)(genes), S.canonicalize(genes))
