@@ -62,10 +62,10 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
 
     if variant == "tiny":
         c.space = "tiny"
-        c.search.update(iterations=3, archive_init=10, candidates_per_iter=4,
-                        pop_size=24, generations=15, ensemble_size=50)
-        c.adapt.update(epochs_per_iter=1, warmup_epochs=2, batch_size=64,
-                       lr=0.05, checkpoint_every=50, max_steps_per_epoch=60,
+        c.search.update(iterations=4, archive_init=12, candidates_per_iter=4,
+                        pop_size=32, generations=30, ensemble_size=100)
+        c.adapt.update(epochs_per_iter=3, warmup_epochs=6, batch_size=64,
+                       lr=0.1, checkpoint_every=50, max_steps_per_epoch=0,
                        dropout_rate=0.0)
         c.eval.update(batch_size=200, calib_images=256, calib_batch_size=128)
         c.final.update(num_tradeoff=3)
