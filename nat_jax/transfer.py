@@ -386,7 +386,23 @@ def search_config(s) -> evolution.SearchConfig:
 
 def load_for_task(directory: str, space: ss.SearchSpace, num_classes: int,
                   key: jax.Array, dropout_rate: float):
-    """A converted supernet with a fresh classifier when the classes differ."""
+    """A supernet with a fresh classifier when the classes differ.
+
+    `directory` is an orbax supernet from experiments.convert_ofa, or an
+    official OFA `.pth` file (read directly; needs torch).
+    """
+    if pathlib.Path(directory).is_file():
+        from nat_jax import pretrained  # torch only on this path
+
+        width = space.widths[0]
+        model, variables = pretrained.load_ofa_checkpoint(
+            str(directory), width, num_classes, key,
+            space=dataclasses.replace(ss.OFA_MBV3, widths=(width,)),
+            dropout_rate=dropout_rate)
+        if dataclasses.replace(model.space, resolutions=space.resolutions) != space:
+            raise ValueError(f"{directory} is an OFA MobileNetV3 checkpoint; use "
+                             f"--config.space=ofa_mbv3 with it.")
+        return model.clone(space=space), variables
     if not pathlib.Path(directory).exists():
         raise FileNotFoundError(
             f"--supernet {directory} does not exist. Download an official OFA "

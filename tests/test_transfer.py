@@ -153,3 +153,26 @@ def test_workdir_of_another_run_is_refused(env, full_run):
     out = _transfer(env, full_run, "--seed=1", timeout=120)
     assert out.returncode == 2
     assert "holds a different run" in out.stderr and "seed" in out.stderr
+
+
+def test_supernet_flag_accepts_official_pth_and_checks_width(tmp_path):
+    import dataclasses
+
+    import jax
+    import torch
+
+    import ofa_oracle
+    from nat_jax import search_space as ss
+    from nat_jax import transfer
+
+    sd = ofa_oracle.legacy_state_dict(ofa_oracle.build(1.0, n_classes=1000))
+    path = tmp_path / "ofa_mbv3_d234_e346_k357_w1.0"
+    torch.save({"state_dict": sd}, path)
+    space = dataclasses.replace(ss.OFA_MBV3, widths=(1.0,), resolutions=(192, 224))
+    model, variables = transfer.load_for_task(str(path), space, 47,
+                                              jax.random.key(0), 0.1)
+    assert model.num_classes == 47 and model.space == space
+    assert variables["params"]["classifier_kernel"].shape == (1280, 47)
+    wide = dataclasses.replace(space, widths=(1.2,))
+    with pytest.raises(ValueError, match="width"):
+        transfer.load_for_task(str(path), wide, 47, jax.random.key(0), 0.1)
