@@ -5,16 +5,25 @@ batch size and resolution, on this machine in one run:
   (a) a training step: forward, cross-entropy, backward, SGD(momentum) update;
   (b) an eval forward (running-stat BN, no gradients).
 PyTorch uses `set_active_subnet` (it runs only the active subnet); nat-jax
-runs one jitted masked program (it pays for the largest subnet). Compile time
-is reported separately and excluded from the rates.
+runs one jitted program per resolution, either "masked" (pays for the
+largest subnet) or "switch" (lax.cond / lax.switch per block: only the
+active branch runs). Compile time is reported separately and excluded from
+the rates. PyTorch is timed before and after the nat-jax runs (load drift).
+
+With --recal instead: seconds per subnet of `supernet.recalibrate_bn` (one
+jitted forward + accumulation per batch) against the previous eager form
+(jitted forward, statistics summed op by op on the host side), tiny space,
+48 px, 10 batches of 200 random images, per exec mode.
 
 Usage:
-  python -m benchmarks.supernet_step --batch_size=16 --resolution=160 --steps=6
+  python -m benchmarks.supernet_step --batch_size=16 --resolution=128 --steps=5
+  python -m benchmarks.supernet_step --recal
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import sys
 import time
@@ -35,8 +44,10 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per step.")
 _RES = flags.DEFINE_integer("resolution", 160, "Input resolution.")
 _STEPS = flags.DEFINE_integer("steps", 6, "Timed steps (subnets) per measurement.")
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier (1.0 or 1.2).")
-_IMPLS = flags.DEFINE_list("impls", ["shift", "conv"], "nat-jax depthwise impls.")
+_IMPLS = flags.DEFINE_list("impls", ["shift"], "nat-jax depthwise impls.")
+_MODES = flags.DEFINE_list("exec_modes", ["masked", "switch"], "nat-jax exec modes.")
 _CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
+_RECAL = flags.DEFINE_bool("recal", False, "Time BN re-calibration instead.")
 
 
 def _archs(space, n, res, width, seed=0):
@@ -121,8 +132,65 @@ def bench_torch(net, archs, x, y):
     return train, ev
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _collect(model, variables, images, arrays):
+    _, out = model.apply(variables, images, arrays, bn_mode="collect",
+                         mutable=["bn_stats"])
+    return out["bn_stats"]
+
+
+def _recal_eager(model, variables, arch, batches):
+    """The previous recalibrate_bn: jitted forward, eager accumulation/merge."""
+    arrays, total, acc = arch.as_arrays(), 0, None
+    for images in batches:
+        stats = _collect(model, variables, images, arrays)
+        n = images.shape[0]
+        w = jax.tree.map(lambda v: v * n if v.dtype != bool else v, stats)
+        acc = w if acc is None else jax.tree.map(
+            lambda a, v: a + v if v.dtype != bool else v, acc, w)
+        total += n
+
+    def merge(old, acc):
+        if "mean" in old and not isinstance(old["mean"], dict):
+            return {k: jnp.where(acc["mask"], acc[k] / total, old[k])
+                    for k in ("mean", "var")}
+        return {k: merge(v, acc[k]) for k, v in old.items()}
+    return {"params": variables["params"],
+            "batch_stats": merge(variables["batch_stats"], acc)}
+
+
+def bench_recal():
+    space = ss.SearchSpace.tiny()
+    res = space.resolutions[-1]
+    rng = np.random.RandomState(0)
+    batches = [jnp.asarray(rng.randn(200, res, res, 3).astype(np.float32))
+               for _ in range(10)]
+    archs = [ss.Arch(res, 1.0, a.ks, a.e, a.d)
+             for a in _archs(space, 9, res, 1.0, seed=1)]
+    print(f"BN re-calibration, tiny space, {res} px, 10 x 200 images, "
+          f"{len(archs) - 1} subnets, cpus={os.cpu_count()}")
+    for mode in supernet.EXEC_MODES:
+        model, variables = supernet.init_supernet(space, 1.0, 10, jax.random.key(0),
+                                                  exec_mode=mode)
+        out = {}
+        for name, fn in (("eager", _recal_eager), ("jitted", supernet.recalibrate_bn)):
+            t = time.perf_counter()
+            jax.block_until_ready(fn(model, variables, archs[0], batches))
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            for a in archs[1:]:
+                jax.block_until_ready(fn(model, variables, a, batches))
+            out[name] = (time.perf_counter() - t) / (len(archs) - 1)
+            print(f"  {mode:6s} {name:6s} {out[name]:.3f} s/subnet "
+                  f"(first call incl. compile {first:.1f} s)")
+        print(f"  {mode:6s} speedup jitted vs eager: "
+              f"{out['eager'] / out['jitted']:.2f}x")
+
+
 def main(argv):
     del argv
+    if _RECAL.value:
+        return bench_recal()
     import torch
 
     res, bs, width = _RES.value, _BATCH.value, _WIDTH.value
@@ -138,14 +206,21 @@ def main(argv):
     tt, te = bench_torch(net, archs, x, y)
     print(f"torch ofa      train {tt:8.1f} img/s   eval {te:8.1f} img/s")
     sd = ofa_oracle.legacy_state_dict(ofa_oracle.build(width, n_classes=_CLASSES.value))
+    rows = []
     for impl in _IMPLS.value:
-        model, variables = pretrained.convert_state_dict(
-            sd, width, space=space, depthwise_impl=impl)
-        jt, je, ct, ce = bench_jax(model, variables, archs, jnp.asarray(x),
-                                   jnp.asarray(y))
-        print(f"nat-jax {impl:6s} train {jt:8.1f} img/s   eval {je:8.1f} img/s   "
-              f"(compile train {ct:.0f} s, eval {ce:.0f} s)   ratio vs torch: "
-              f"train {jt / tt:.2f}x  eval {je / te:.2f}x")
+        for mode in _MODES.value:
+            model, variables = pretrained.convert_state_dict(
+                sd, width, space=space, depthwise_impl=impl, exec_mode=mode)
+            rows.append((impl, mode) + bench_jax(
+                model, variables, archs, jnp.asarray(x), jnp.asarray(y)))
+    tt2, te2 = bench_torch(net, archs, x, y)
+    print(f"torch ofa      train {tt2:8.1f} img/s   eval {te2:8.1f} img/s (again)")
+    tt, te = max(tt, tt2), max(te, te2)
+    print(f"ratios against the faster torch run (train {tt:.1f}, eval {te:.1f}):")
+    for impl, mode, jt, je, ct, ce in rows:
+        print(f"nat-jax {impl:5s} {mode:6s} train {jt:8.1f} img/s   eval {je:8.1f} "
+              f"img/s   (compile train {ct:.0f} s, eval {ce:.0f} s)   ratio vs "
+              f"torch: train {jt / tt:.2f}x  eval {je / te:.2f}x")
 
 
 if __name__ == "__main__":

@@ -174,6 +174,46 @@ def channel_mask(active: jax.Array, size: int) -> jax.Array:
     return jnp.arange(size) < active
 
 
+def _bn_variables(module: nn.Module, features: int):
+    """(scale, bias, running-mean Variable, running-var Variable) of a BN."""
+    scale = module.param("scale", nn.initializers.ones, (features,))
+    bias = module.param("bias", nn.initializers.zeros, (features,))
+    ra_mean = module.variable("batch_stats", "mean", jnp.zeros, (features,))
+    ra_var = module.variable("batch_stats", "var", jnp.ones, (features,))
+    return scale, bias, ra_mean, ra_var
+
+
+def _check_bn_mode(mode: str) -> None:
+    if mode not in BN_MODES:
+        raise ValueError(f"Unknown BN mode {mode!r}; allowed: {BN_MODES}.")
+
+
+def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, mean: jax.Array,
+               var: jax.Array, mode: str
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Pure BatchNorm over the channels of an NHWC `x` (PyTorch semantics).
+
+    Args:
+      x: [N, H, W, C]; scale, bias, mean, var: [C] (running mean/var).
+      mode: "eval" (normalise with the running stats), "train" or "collect"
+        (normalise with the batch mean and biased variance).
+
+    Returns:
+      (y [N, H, W, C], stats): stats is None in "eval"; else (batch mean,
+      variance) with the UNBIASED variance in "train" (what the running
+      estimate takes) and the biased one in "collect" (OFA's re-calibration).
+    """
+    _check_bn_mode(mode)
+    stats = None
+    if mode != "eval":
+        mean = jnp.mean(x, axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+        n = x.shape[0] * x.shape[1] * x.shape[2]
+        stats = (mean, var * (n / max(n - 1, 1)) if mode == "train" else var)
+    inv = jax.lax.rsqrt(var + BN_EPS) * scale
+    return (x - mean) * inv + bias, stats
+
+
 class MaskedBatchNorm(nn.Module):
     """BatchNorm over NHWC channels whose running stats update only where `mask`.
 
@@ -189,35 +229,50 @@ class MaskedBatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, mode: str = "eval"
                  ) -> jax.Array:
-        if mode not in BN_MODES:
-            raise ValueError(f"Unknown BN mode {mode!r}; allowed: {BN_MODES}.")
-        scale = self.param("scale", nn.initializers.ones, (self.features,))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (self.features,))
-        ra_var = self.variable("batch_stats", "var", jnp.ones, (self.features,))
-        if mode == "eval":
-            mean, var = ra_mean.value, ra_var.value
-        else:
-            mean = jnp.mean(x, axis=(0, 1, 2))
-            var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
-            if mode == "train" and not self.is_initializing():
-                n = x.shape[0] * x.shape[1] * x.shape[2]
-                unbiased = var * (n / max(n - 1, 1))
-                m = BN_MOMENTUM
-                ra_mean.value = jnp.where(
-                    mask, (1 - m) * ra_mean.value + m * mean, ra_mean.value)
-                ra_var.value = jnp.where(
-                    mask, (1 - m) * ra_var.value + m * unbiased, ra_var.value)
-            elif mode == "collect":
-                self.put_variable("bn_stats", "mean", mean)
-                self.put_variable("bn_stats", "var", var)
-                self.put_variable("bn_stats", "mask", mask)
-        inv = jax.lax.rsqrt(var + BN_EPS) * scale
-        return (x - mean) * inv + bias
+        _check_bn_mode(mode)
+        scale, bias, ra_mean, ra_var = _bn_variables(self, self.features)
+        y, stats = batch_norm(x, scale, bias, ra_mean.value, ra_var.value, mode)
+        _record(self, ra_mean, ra_var, stats, mask, mode)
+        return y
+
+
+def _record(module, ra_mean, ra_var, stats, mask, mode) -> None:
+    """Running-stat update ("train") or bn_stats record ("collect") of a BN."""
+    if mode == "train" and not module.is_initializing():
+        m = BN_MOMENTUM
+        ra_mean.value = jnp.where(
+            mask, (1 - m) * ra_mean.value + m * stats[0], ra_mean.value)
+        ra_var.value = jnp.where(
+            mask, (1 - m) * ra_var.value + m * stats[1], ra_var.value)
+    elif mode == "collect":
+        module.put_variable("bn_stats", "mean", stats[0])
+        module.put_variable("bn_stats", "var", stats[1])
+        module.put_variable("bn_stats", "mask", mask)
+
+
+class BatchNormState(nn.Module):
+    """The variables of a `MaskedBatchNorm` (same names), for pure branches.
+
+    `bn = BatchNormState(c, name=...)`; `scale, bias, mean, var = bn(mode)`
+    reads them; after computing `y, stats = batch_norm(...)` elsewhere (e.g.
+    inside `lax.switch`), `bn(mode, stats, mask)` applies the same running
+    stat update / bn_stats record as `MaskedBatchNorm` would.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, mode: str, stats=None, mask: jax.Array | None = None):
+        _check_bn_mode(mode)
+        scale, bias, ra_mean, ra_var = _bn_variables(self, self.features)
+        if stats is not None:
+            _record(self, ra_mean, ra_var, stats, mask, mode)
+        return scale, bias, ra_mean.value, ra_var.value
 
 
 def transformed_kernels(kernel: jax.Array, matrices: dict[str, jax.Array],
-                        kernels: Sequence[int]) -> dict[int, jax.Array]:
+                        kernels: Sequence[int], smallest: int | None = None
+                        ) -> dict[int, jax.Array]:
     """OFA's kernel transform of a [kmax, kmax, 1, C] depthwise kernel.
 
     The largest kernel is used raw; each smaller size is the centre of the
@@ -225,13 +280,18 @@ def transformed_kernels(kernel: jax.Array, matrices: dict[str, jax.Array],
     multiplied by that pair's matrix `m{big}to{small}` (PyTorch's
     `F.linear(filter, M)`, i.e. `M @ flat` here).
 
+    Args:
+      smallest: stop the chain at this size (default: the smallest kernel).
+
     Returns:
-      {k: [k, k, 1, C]} for every k in `kernels`.
+      {k: [k, k, 1, C]} for every k in `kernels` that is >= `smallest`.
     """
     ks = sorted(kernels)
     out = {ks[-1]: kernel}
     cur = kernel
     for big, small in zip(ks[::-1][:-1], ks[::-1][1:]):
+        if smallest is not None and small < smallest:
+            break
         s = (big - small) // 2
         centre = cur[s:s + small, s:s + small, 0, :]
         c = centre.shape[-1]
@@ -239,6 +299,30 @@ def transformed_kernels(kernel: jax.Array, matrices: dict[str, jax.Array],
         cur = (matrices[f"m{big}to{small}"] @ flat).reshape(small, small, 1, c)
         out[small] = cur
     return out
+
+
+def depthwise_params(module: nn.Module, features: int, kernels: Sequence[int]
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(kernel [kmax, kmax, 1, features], {"m{big}to{small}": matrix}) params."""
+    ks = sorted(kernels)
+    kmax = ks[-1]
+    kernel = module.param("kernel", conv_init, (kmax, kmax, 1, features))
+    mats = {}
+    for big, small in zip(ks[::-1][:-1], ks[::-1][1:]):
+        name = f"m{big}to{small}"
+        mats[name] = module.param(name, lambda _, n: jnp.eye(n), small * small)
+    return kernel, mats
+
+
+class DepthwiseParams(nn.Module):
+    """The parameters of an `ElasticDepthwise` (same names), without compute."""
+
+    features: int
+    kernels: Sequence[int]
+
+    @nn.compact
+    def __call__(self) -> tuple[jax.Array, dict[str, jax.Array]]:
+        return depthwise_params(self, self.features, self.kernels)
 
 
 class ElasticDepthwise(nn.Module):
@@ -253,11 +337,7 @@ class ElasticDepthwise(nn.Module):
     def __call__(self, x: jax.Array, k: jax.Array) -> jax.Array:
         ks = sorted(self.kernels)
         kmax = ks[-1]
-        kernel = self.param("kernel", conv_init, (kmax, kmax, 1, self.features))
-        mats = {}
-        for big, small in zip(ks[::-1][:-1], ks[::-1][1:]):
-            name = f"m{big}to{small}"
-            mats[name] = self.param(name, lambda _, n: jnp.eye(n), small * small)
+        kernel, mats = depthwise_params(self, self.features, ks)
         eff = jnp.zeros_like(kernel)
         for size, kern in transformed_kernels(kernel, mats, ks).items():
             p = (kmax - size) // 2

@@ -4,6 +4,7 @@
 import copy
 
 import chex
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,3 +190,109 @@ def test_predict_errors(tiny):
         supernet.predict(model, variables, x, other)
     with pytest.raises(ValueError, match="depthwise_impl"):
         supernet.init_supernet(TINY, 1.0, 3, jax.random.key(0), depthwise_impl="fft")
+
+
+# (ks, e, d) subnets of the tiny space (blocks 2 and 4 are skippable): every
+# kernel and expand, skipped and active optional blocks.
+SWITCH_ARCHS = [([3, 5, 7, 5], [3, 4, 6, 3], [2, 1]),
+                ([7, 3, 5, 7], [6, 3, 4, 6], [1, 2]),
+                ([5, 7, 3, 3], [4, 6, 3, 4], [2, 2]),
+                ([3, 3, 3, 3], [3, 3, 3, 3], [1, 1])]
+
+
+def _switch_probe(model):
+    """Jitted (variables, x, y, arch) -> eval logits, train logits, BN updates,
+    grads and collect-mode bn_stats. chex counts traces of this code for all
+    probes together: at most 2 (one per exec mode) after a counter reset."""
+    @jax.jit
+    @chex.assert_max_traces(n=2)
+    def probe(variables, x, y, arch):
+        ev = model.apply(variables, x, arch)
+
+        def loss(p):
+            logits, upd = model.apply({"params": p,
+                                       "batch_stats": variables["batch_stats"]},
+                                      x, arch, train=True, mutable=["batch_stats"])
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return ce.mean(), (logits, upd["batch_stats"])
+        (_, (tl, st)), g = jax.value_and_grad(loss, has_aux=True)(
+            variables["params"])
+        _, col = model.apply(variables, x, arch, bn_mode="collect",
+                             mutable=["bn_stats"])
+        return ev, tl, st, g, col["bn_stats"]
+    return probe
+
+
+def test_switch_equals_masked(tiny):
+    from nat_jax import active_weights
+
+    model, variables = tiny
+    model = model.clone(dropout_rate=0.0)  # "conv": compiles faster than "shift"
+    chex.clear_trace_counter()
+    probes = {m: _switch_probe(model.clone(exec_mode=m))
+              for m in supernet.EXEC_MODES}
+    x = jax.random.normal(jax.random.key(7), (4, 32, 32, 3))
+    y = jnp.arange(4) % 10
+    for ks, e, d in SWITCH_ARCHS:
+        arrays = ss.Arch.from_ofa(ks, e, d, 32, 1.0, TINY).as_arrays()
+        want = probes["masked"](variables, x, y, arrays)
+        got = probes["switch"](variables, x, y, arrays)
+        names = ("eval logits", "train logits", "batch_stats", "grads")
+        for name, a, b in zip(names, want[:4], got[:4]):
+            # float32 summation order differs; BN-scale grads cancel a lot, so
+            # the tolerance also scales with the largest entry of the tree
+            top = max(float(jnp.abs(u).max()) for u in jax.tree.leaves(a))
+            for (path, u), v in zip(jax.tree_util.tree_leaves_with_path(a),
+                                    jax.tree.leaves(b)):
+                scale = float(jnp.abs(u).max())
+                np.testing.assert_allclose(
+                    v, u, rtol=0, atol=2e-5 * scale + 1e-6 * top,
+                    err_msg=f"{name} {jax.tree_util.keystr(path)} {ks} {e} {d}")
+        active = active_weights.active_param_mask(TINY, 1.0, variables["params"],
+                                                  arrays)
+        for (path, g), m in zip(jax.tree_util.tree_leaves_with_path(got[3]),
+                                jax.tree.leaves(active)):
+            assert not np.any(np.where(m, 0.0, g)), jax.tree_util.keystr(path)
+        # collect mode: same masks, same statistics where the mask is set
+        flat_w = flax.traverse_util.flatten_dict(want[4])
+        flat_g = flax.traverse_util.flatten_dict(got[4])
+        assert flat_w.keys() == flat_g.keys()
+        for path in flat_w:
+            if path[-1] == "mask":
+                np.testing.assert_array_equal(flat_g[path], flat_w[path])
+            else:
+                m = flat_w[path[:-1] + ("mask",)]
+                np.testing.assert_allclose(
+                    np.where(m, flat_g[path], 0), np.where(m, flat_w[path], 0),
+                    rtol=1e-5, atol=1e-6, err_msg=str(path))
+    # one compile served every subnet (assert_max_traces would have raised)
+    sampled = supernet.sample_arch_arrays(TINY, jax.random.key(3), 3)
+    for i in range(3):
+        probes["switch"](variables, x, y, jax.tree.map(lambda a: a[i], sampled))
+
+
+def test_switch_recalibrate_and_predict_match_masked(tiny):
+    model, variables = tiny
+    arch = ss.Arch.from_ofa(*SWITCH_ARCHS[0], 32, 1.0, TINY)
+    rng = np.random.RandomState(8)
+    batches = [rng.randn(n, 32, 32, 3).astype(np.float32) for n in (4, 4, 2)]
+    out = {}
+    for mode in supernet.EXEC_MODES:
+        m = model.clone(exec_mode=mode)
+        new = supernet.recalibrate_bn(m, variables, arch, batches)
+        out[mode] = (new["batch_stats"], supernet.predict(m, new, batches[0], arch))
+    for a, b in zip(jax.tree.leaves(out["masked"]), jax.tree.leaves(out["switch"])):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_exec_modes_share_variables_and_errors():
+    inits = [supernet.init_supernet(TINY, 1.0, 3, jax.random.key(4), exec_mode=m)[1]
+             for m in supernet.EXEC_MODES]
+    assert jax.tree.structure(inits[0]) == jax.tree.structure(inits[1])
+    for a, b in zip(*(jax.tree.leaves(v) for v in inits)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="exec_mode"):
+        supernet.init_supernet(TINY, 1.0, 3, jax.random.key(0), exec_mode="fast")
+    model = supernet.Supernet(TINY, 1.0, 3, exec_mode="dense")
+    with pytest.raises(ValueError, match="allowed"):
+        supernet.variable_shapes(model)
