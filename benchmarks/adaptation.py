@@ -27,7 +27,7 @@ def child(args):
     import numpy as np
 
     from nat_jax import adaptation as ad
-    from nat_jax import data, pipeline, supernet
+    from nat_jax import data, pipeline, sharding, supernet
     from nat_jax import evaluation as ev
     from nat_jax import search_space as ss
 
@@ -40,7 +40,7 @@ def child(args):
     genes[:, 0] = space.resolution_index(res)
     probs = ad.gene_distribution(space, genes, floor=0.0)
     cfg = ad.AdaptConfig()
-    mesh = ad.data_mesh()
+    mesh = sharding.data_mesh()
     out = {"devices": len(jax.devices()), "resolution": res}
     if args.mode in ("train", "both"):
         loader = pipeline.TrainLoader(ds.train, args.batch, num_devices=1)

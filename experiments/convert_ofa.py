@@ -6,7 +6,7 @@ Usage:
 
 Reading the `.pth` needs PyTorch (`pip install torch==2.13.0`). The output
 directory is an orbax checkpoint with JSON metadata; load it with
-`nat_jax.checkpoint.load_supernet`. With --num_classes different from the
+`nat_jax.supernet.load_supernet`. With --num_classes different from the
 checkpoint's, the classifier is re-initialised from --seed.
 """
 
@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 
 from experiments import cli
-from nat_jax import checkpoint, pretrained
+from nat_jax import pretrained, supernet
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "OFA .pth file.")
 _WIDTH = flags.DEFINE_string("width", None, "Width multiplier: 1.0 or 1.2.")
@@ -31,7 +31,7 @@ def convert(path: str, width: float, output: str, num_classes: int | None = None
     """Convert and save; returns a summary dict."""
     model, variables = pretrained.load_ofa_checkpoint(
         path, width, num_classes, key=jax.random.key(seed))
-    checkpoint.save_supernet(output, model, variables)
+    supernet.save_supernet(output, model, variables)
     n = sum(x.size for x in jax.tree.leaves(variables["params"]))
     return {"output": output, "width": width, "num_classes": model.num_classes,
             "params": int(n)}

@@ -70,7 +70,7 @@ def main(argv):
 
     sdir = _SUPERNET_DIR.value
     meta = checkpoint.load_metadata(deployment.resolve_supernet_dir(sdir))
-    space = checkpoint.space_from_json(meta.get("space", {}))
+    space = search_space.SearchSpace.from_json(meta.get("space", {}))
     if _PICK.value is not None:
         arch = finetune.pick_arch(sdir, _PICK.value, space)
         name = f"finetune_pick{_PICK.value}"

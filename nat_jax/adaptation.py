@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nat_jax import search_space as ss
+from nat_jax.sharding import data_mesh, replicate, shard_batch, to_host
 from nat_jax.active_weights import active_param_mask  # noqa: F401 (API)
 
 
@@ -297,49 +298,6 @@ def train_step(state: TrainState, batch: dict, arch: dict, *, model,
     new = state.replace(params=params, batch_stats=batch_stats,
                         opt_state={"momentum": momentum}, step=state.step + 1)
     return new, {"loss": loss, "top1": top1, "lr": lr, "grad_norm": grad_norm}
-
-
-# ------------------------------------------------------------- sharding
-
-
-def data_mesh(devices=None) -> jax.sharding.Mesh:
-    """1-D ("data",) mesh over `devices` (default: all devices of all hosts).
-
-    Built with `Mesh` directly: `jax.make_mesh` would default to Explicit axes.
-    """
-    devices = jax.devices() if devices is None else list(devices)
-    return jax.sharding.Mesh(np.asarray(devices), ("data",))
-
-
-def replicate(tree, mesh: jax.sharding.Mesh):
-    """Put a pytree on every device of `mesh` (replicated)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
-    """Shard the leading (batch) axis of every array over the "data" axis.
-
-    With several processes every host holds the same global batch (same
-    loader seed) and contributes the rows of its own devices.
-    """
-    sharding = NamedSharding(mesh, P("data"))
-    if jax.process_count() == 1:
-        return jax.device_put(batch, sharding)
-    n_proc, idx = jax.process_count(), jax.process_index()
-
-    def put(x):
-        x = np.asarray(x)
-        per = x.shape[0] // n_proc
-        return jax.make_array_from_process_local_data(
-            sharding, x[idx * per:(idx + 1) * per], x.shape)
-    return jax.tree.map(put, batch)
-
-
-def to_host(x) -> np.ndarray:
-    """Host copy of a replicated array (also when it spans several hosts)."""
-    if isinstance(x, jax.Array):
-        return np.asarray(x.addressable_data(0))
-    return np.asarray(x)
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,13 +5,14 @@ Layout of a checkpoint directory:
     DIR/metadata.json   JSON dict (what the pytree is: model config, ...)
     DIR/state/          orbax StandardCheckpointer pytree
 
-`save_pytree` / `load_pytree` are generic; `save_supernet` / `load_supernet`
-store a supernet's variables with its width, classes and search space.
+`save_pytree` / `load_pytree` are generic (the supernet, subnet and latency
+modules build their own directory kinds on them); `TrainCheckpointer` is the
+one resumable train-state manager (adaptation, fine-tuning, pretraining).
+This module imports nothing else from nat_jax.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -19,8 +20,6 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
-from nat_jax import search_space as ss
 
 METADATA_FILE = "metadata.json"
 STATE_DIR = "state"
@@ -76,49 +75,6 @@ def load_pytree(directory: str, target: Any | None = None) -> tuple[Any, dict]:
         raise ValueError(f"Cannot restore checkpoint {directory}: "
                          f"{type(err).__name__}: {str(err)[:300]}") from None
     return tree, meta
-
-
-def space_to_json(space: ss.SearchSpace) -> dict:
-    return dataclasses.asdict(space)
-
-
-def space_from_json(d: dict) -> ss.SearchSpace:
-    try:
-        net = ss.NetSpec(**{k: tuple(v) if isinstance(v, list) else v
-                            for k, v in d["net"].items()})
-        rest = {k: tuple(v) for k, v in d.items() if k != "net"}
-        return ss.SearchSpace(net=net, **rest)
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"Corrupt search space in checkpoint metadata: {err!r}.")
-
-
-def save_supernet(directory: str, model, variables: dict) -> None:
-    """Save a `supernet.Supernet` and its variables (params + batch_stats)."""
-    meta = {
-        "kind": "nat_jax.Supernet",
-        "width": model.width,
-        "num_classes": model.num_classes,
-        "dropout_rate": model.dropout_rate,
-        "space": space_to_json(model.space),
-    }
-    tree = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
-    save_pytree(directory, tree, meta)
-
-
-def load_supernet(directory: str):
-    """(model, variables) saved by `save_supernet`."""
-    from nat_jax import supernet  # supernet does not import checkpoint
-
-    meta = load_metadata(directory)
-    if meta.get("kind") != "nat_jax.Supernet":
-        raise ValueError(f"{directory} does not hold a supernet (kind="
-                         f"{meta.get('kind')!r}).")
-    space = space_from_json(meta["space"])
-    model = supernet.Supernet(space, float(meta["width"]), int(meta["num_classes"]),
-                              dropout_rate=float(meta.get("dropout_rate", 0.1)))
-    shapes = supernet.variable_shapes(model)
-    tree, _ = load_pytree(directory, shapes)
-    return model, dict(tree)
 
 
 # ------------------------------------------------- adaptation train state

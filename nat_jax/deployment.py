@@ -28,9 +28,10 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nat_jax import checkpoint, data, export, latency, layers, objectives, pipeline
+from nat_jax import data, export, latency, layers, objectives, pipeline
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
+from nat_jax import supernet as supernet_lib
 
 
 def resolve_supernet_dir(path: str) -> str:
@@ -203,7 +204,7 @@ def evaluate_front(workdir: str, dataset: str | None = None,
     name, ds = _load_dataset(dataset, data_dir or cfg.get("data_dir") or None,
                              cfg.get("dataset"))
     sdir = resolve_supernet_dir(str(wd))
-    model, variables = checkpoint.load_supernet(sdir)
+    model, variables = supernet_lib.load_supernet(sdir)
     _check_classes(model.num_classes, ds, name)
     train = full_train_split(ds)
     mesh = data_mesh()

@@ -7,7 +7,7 @@ calibration images and their augmentation draws are fixed once
 grouped by resolution so only one resolution's batches are held at a time.
 Evaluation batches are padded to a fixed size with a mask, so every example is
 counted exactly once; the counting step is jitted once per resolution over the
-("data",) mesh of `adaptation.data_mesh` (batch sharded, variables
+("data",) mesh of `sharding.data_mesh` (batch sharded, variables
 replicated). `subnets_per_call > 1` evaluates several subnets per compiled call
 (vmap over their BN statistics and arch arrays).
 """
@@ -25,9 +25,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from nat_jax import adaptation as ad
 from nat_jax import pipeline
 from nat_jax import search_space as ss
+from nat_jax import sharding
 from nat_jax import supernet
 
 
@@ -119,7 +119,7 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
       dataset_split: `data.Split` to measure on (NAT: the held-out val).
       calib_split: `data.Split` for re-calibration (NAT: the train split).
       config: EvalConfig.
-      mesh: ("data",) mesh (default `adaptation.data_mesh()`).
+      mesh: ("data",) mesh (default `sharding.data_mesh()`).
       progress: called as progress(i, n, result) after subnet i (of n) is
         measured; subnets run grouped by resolution, not in list order.
       calibration: a prebuilt CalibrationSet to reuse across calls.
@@ -129,7 +129,7 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
       (examples counted), "seconds" (re-calibration + evaluation)}.
     """
     genes = _check_genes(space, model, genes_list)
-    mesh = ad.data_mesh() if mesh is None else mesh
+    mesh = sharding.data_mesh() if mesh is None else mesh
     ndev = mesh.size
     if config.batch_size % ndev:
         raise ValueError(f"EvalConfig.batch_size ({config.batch_size}) must be a "
@@ -138,7 +138,7 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
         calibration = pipeline.CalibrationSet(
             calib_split, config.calib_images, config.calib_batch_size,
             config.calib_seed)
-    base = ad.replicate({"params": variables["params"],
+    base = sharding.replicate({"params": variables["params"],
                          "batch_stats": variables["batch_stats"]}, mesh)
     by_res: dict[int, list[int]] = {}
     for i, g in enumerate(genes):
@@ -175,7 +175,7 @@ def _put_images(x, mesh):
     """Shard a calibration batch on "data" when it splits evenly, else replicate."""
     spec = P("data") if x.shape[0] % mesh.size == 0 else P()
     if jax.process_count() > 1 and spec == P("data"):
-        return ad.shard_batch({"x": x}, mesh)["x"]
+        return sharding.shard_batch({"x": x}, mesh)["x"]
     return jax.device_put(np.asarray(x, np.float32), NamedSharding(mesh, spec))
 
 
@@ -188,7 +188,7 @@ def _eval_cache(split, config: EvalConfig, resolution: int, ndev: int, mesh):
     def stream():
         for b in pipeline.eval_batches(split, config.batch_size, r,
                                        num_devices=ndev):
-            yield ad.shard_batch(b, mesh)
+            yield sharding.shard_batch(b, mesh)
 
     if per_batch * n_batches <= config.cache_bytes:
         cached = list(stream())
@@ -204,7 +204,7 @@ def _count_all(model, mesh, params, stats, archs, batches, g_per):
         for b in batches:
             c = fn(params, stats[0], b["image"], b["label"], b["mask"], archs[0])
             total = c if total is None else total + c
-        return [ad.to_host(total)]
+        return [sharding.to_host(total)]
     n = len(stats)
     pad = g_per - n  # pad to a fixed G: one compile per resolution
     stats = stats + [stats[-1]] * pad
@@ -216,4 +216,4 @@ def _count_all(model, mesh, params, stats, archs, batches, g_per):
     for b in batches:
         c = fn(params, stacked, b["image"], b["label"], b["mask"], arch)
         total = c if total is None else total + c
-    return list(ad.to_host(total))[:n]
+    return list(sharding.to_host(total))[:n]

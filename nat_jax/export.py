@@ -59,7 +59,7 @@ def save_subnet(directory: str, model: subnet_lib.Subnet, variables: Mapping,
         "kind": KIND,
         "net_config": dict(net_config),
         "arch": dataclasses.asdict(arch),
-        "space": checkpoint.space_to_json(space),
+        "space": space.to_json(),
         "num_classes": int(model.num_classes),
         "resolution": int(arch.resolution),
         "extra": dict(extra or {}),
@@ -86,7 +86,7 @@ def load_info(directory: str) -> tuple[ss.Arch, ss.SearchSpace, dict]:
     if meta.get("kind") != KIND:
         raise ValueError(f"{directory} does not hold an exported subnet (kind="
                          f"{meta.get('kind')!r}; expected {KIND!r}).")
-    space = checkpoint.space_from_json(meta["space"])
+    space = ss.SearchSpace.from_json(meta["space"])
     a = meta["arch"]
     arch = ss.Arch.from_ofa(a["ks"], a["e"], a["d"], a["resolution"], a["width"],
                             space)

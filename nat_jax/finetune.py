@@ -48,9 +48,11 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from nat_jax import augment as aug
-from nat_jax import checkpoint, data, deployment, export, layers, pipeline
+from nat_jax import data, deployment, export, layers, pipeline
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
+from nat_jax import supernet as supernet_lib
+from nat_jax import sharding
 from nat_jax.randaugment import RandAugment
 
 
@@ -126,11 +128,11 @@ def inherit(supernet_dir: str, arch: ss.Arch, depthwise_impl: str | None = None
     """(subnet, variables, net_config, space) extracted from a saved supernet.
 
     Args:
-      supernet_dir: a `checkpoint.save_supernet` dir or a transfer workdir.
+      supernet_dir: a `supernet.save_supernet` dir or a transfer workdir.
       arch: the subnet; its width must be the supernet's.
     """
     sdir = deployment.resolve_supernet_dir(supernet_dir)
-    model, variables = checkpoint.load_supernet(sdir)
+    model, variables = supernet_lib.load_supernet(sdir)
     space = model.space
     try:
         arch.validate(space)
@@ -249,16 +251,16 @@ def train(state: TrainState, model: subnet_lib.Subnet, loader: AugmentedLoader,
     """Runs from `state.step` to `until` (default `cfg.steps`), checkpointing
     every `cfg.checkpoint_every` steps and at the end to `ckpt_dir`."""
     end = cfg.steps if until is None else min(int(until), cfg.steps)
-    mesh = mesh or deployment.data_mesh()
+    mesh = mesh or sharding.data_mesh()
     step_fn = jitted_train_step(model, cfg, mesh)
-    state = deployment._put(state, mesh, P())
+    state = sharding.replicate(state, mesh)
     key = jax.random.key(cfg.seed)
     mngr = _manager(ckpt_dir) if ckpt_dir else None
     start, t0, last = int(state.step), time.time(), {}
     logging.info("Fine-tuning steps %d..%d of %d (compiling the train step "
                  "first).", start, end, cfg.steps)
     for s, batch in loader.iterate(start, end):
-        state, m = step_fn(state, deployment._put(batch, mesh, P("data")), key)
+        state, m = step_fn(state, sharding.shard_batch(batch, mesh), key)
         done = s + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             last = {k: float(v) for k, v in m.items()}
@@ -330,7 +332,7 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
                     drop_connect_rate=cfg.drop_connect_rate)
     train_split = deployment.full_train_split(ds)
     r = arch.resolution
-    mesh = deployment.data_mesh()
+    mesh = sharding.data_mesh()
     n_dev = mesh.devices.size
     calib_bs = max(n_dev, min(200, calib_images) // n_dev * n_dev)
     variables = deployment.recalibrate_bn(sub, variables, pipeline.calibration_batches(

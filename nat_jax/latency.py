@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nat_jax import checkpoint, layers, objectives
+from nat_jax import layers, objectives
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
+from nat_jax.rank_stats import kendall, spearman
 
 
 # ------------------------------------------------------------------ measure
@@ -222,7 +223,7 @@ class LatencyTable:
 
     def to_json(self) -> dict:
         return {"kind": "nat_jax.LatencyTable", "units": "ms",
-                "space": checkpoint.space_to_json(self.space),
+                "space": self.space.to_json(),
                 "batch_size": self.batch_size, "num_classes": self.num_classes,
                 "fixed": self.fixed.tolist(), "block": self.block.tolist(),
                 "overhead_ms": self.overhead_ms, "device": self.device,
@@ -235,7 +236,7 @@ class LatencyTable:
             raise ValueError("Not a latency table (expected kind "
                              "'nat_jax.LatencyTable'); build one with "
                              "python -m experiments.build_latency_table.")
-        space = checkpoint.space_from_json(d["space"])
+        space = ss.SearchSpace.from_json(d["space"])
         t = cls(space, int(d["batch_size"]), int(d["num_classes"]),
                 np.asarray(d["fixed"], np.float64), np.asarray(d["block"], np.float64),
                 float(d["overhead_ms"]), str(d["device"]),
@@ -383,32 +384,6 @@ def _fill(space: ss.SearchSpace, measured: list[int], arr: np.ndarray) -> np.nda
 
 
 # -------------------------------------------------------------------- check
-def _ranks(a: np.ndarray) -> np.ndarray:
-    order = np.argsort(a, kind="mergesort")
-    ranks = np.empty(len(a))
-    ranks[order] = np.arange(len(a))
-    for v in np.unique(a):  # average ties
-        m = a == v
-        ranks[m] = ranks[m].mean()
-    return ranks
-
-
-def spearman(a, b) -> float:
-    ra, rb = _ranks(np.asarray(a, float)), _ranks(np.asarray(b, float))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
-def kendall(a, b) -> float:
-    """Kendall's tau-b."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    da = np.sign(a[:, None] - a[None, :])
-    db = np.sign(b[:, None] - b[None, :])
-    iu = np.triu_indices(len(a), 1)
-    da, db = da[iu], db[iu]
-    denom = np.sqrt((da != 0).sum() * (db != 0).sum())
-    return float((da * db).sum() / denom) if denom else float("nan")
-
-
 def check_table(table: LatencyTable, genes: np.ndarray, warmup: int = 3,
                 repeats: int = 20, depthwise_impl: str | None = None) -> dict:
     """Table predictions against measured latency of subnets `genes`.

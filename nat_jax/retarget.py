@@ -23,8 +23,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from nat_jax import checkpoint, data, evaluation, evolution, objectives, pipeline
-from nat_jax import reporting, tradeoff, transfer
+from nat_jax import data, evaluation, evolution, objectives, pipeline
+from nat_jax import reporting, supernet, tradeoff, transfer
 from nat_jax.archive import Archive
 
 _CONSTRAINT = re.compile(r"^\s*([\w.:]+)\s*(<=|<)\s*([0-9.eE+-]+)\s*$")
@@ -80,7 +80,7 @@ def load_workdir(workdir: str | pathlib.Path):
     cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     space = transfer.run_space(cfg)
     archive = Archive.load(workdir / "archive.json", space)
-    model, variables = checkpoint.load_supernet(str(workdir / "supernet"))
+    model, variables = supernet.load_supernet(str(workdir / "supernet"))
     model = model.clone(space=space)
     dataset = data.load(cfg.dataset, data_dir=cfg.data_dir or None)
     return cfg, archive, model, variables, dataset

@@ -76,6 +76,31 @@ class Channels:
 
 
 @dataclasses.dataclass(frozen=True)
+class BlockSlot:
+    """One elastic block slot of the supernet's layout (see `SearchSpace.blocks`).
+
+    Attributes:
+      index: slot number 0..num_blocks-1 (OFA's `blocks.{index + 1}`).
+      stage, position: the stage and the slot's position in it (0-based).
+      c_in, c_out: channels at the supernet's width.
+      stride: 2 for the first slot of a downsampling stage, else 1.
+      act: "relu" or "h_swish".
+      use_se: squeeze-and-excitation in this stage.
+      skippable: the slot can be skipped (position >= the smallest depth).
+    """
+
+    index: int
+    stage: int
+    position: int
+    c_in: int
+    c_out: int
+    stride: int
+    act: str
+    use_se: bool
+    skippable: bool
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchSpace:
     """An OFA MobileNetV3-style elastic search space (frozen, hashable).
 
@@ -154,6 +179,38 @@ class SearchSpace:
             ins += [c_in] + [c_out] * (self.max_depth - 1)
             c_in = c_out
         return tuple(ins)
+
+    def blocks(self, width: float) -> tuple[BlockSlot, ...]:
+        """The elastic block slots in order: the one description of the layout
+        that the supernet, the static subnet, the counters and the latency
+        table all walk."""
+        ch = self.channels(width)
+        out, c_in = [], ch.first_block
+        for s, c_out in enumerate(ch.stages):
+            for j in range(self.max_depth):
+                out.append(BlockSlot(
+                    index=s * self.max_depth + j, stage=s, position=j, c_in=c_in,
+                    c_out=c_out, stride=self.net.stage_strides[s] if j == 0 else 1,
+                    act=self.net.stage_acts[s], use_se=self.net.stage_se[s],
+                    skippable=j >= self.min_depth))
+                c_in = c_out
+        return tuple(out)
+
+    # ------------------------------------------------------------ JSON
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict; `SearchSpace.from_json` inverts it."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "SearchSpace":
+        """The space written by `to_json` (ValueError if malformed)."""
+        try:
+            net = NetSpec(**{k: tuple(v) if isinstance(v, list) else v
+                             for k, v in d["net"].items()})
+            rest = {k: tuple(v) for k, v in d.items() if k != "net"}
+            return cls(net=net, **rest)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"Corrupt search space JSON: {err!r}.") from None
 
     def mid_channels(self, c_in: int, expand: int) -> int:
         return make_divisible(round(c_in * expand), 8)

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nat_jax import layers
+from nat_jax import checkpoint, layers
+from nat_jax.elastic_block import ElasticBlock
 from nat_jax import search_space as ss
 
 
@@ -57,206 +58,6 @@ def _single_subnet_eval(model: "Supernet") -> "Supernet":
     if model.exec_mode is None:
         return model.clone(exec_mode=default_exec_mode(single_subnet_eval=True))
     return model
-
-
-def _select(value: jax.Array, choices: tuple[int, ...], table: tuple[int, ...]
-            ) -> jax.Array:
-    """table[i] where choices[i] == value (table[0] when none matches)."""
-    out = jnp.asarray(table[0], jnp.int32)
-    for c, t in zip(choices, table):
-        out = jnp.where(value == c, jnp.int32(t), out)
-    return out
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _switch_recompute(branches, index, k_idx, x, p):
-    """`lax.switch(index, branches, x, p, k_idx)` whose VJP recomputes the branch.
-
-    JAX's own linearisation of a switch returns the union of every branch's
-    residuals (the untaken ones zero-filled each step); recomputing the taken
-    branch's forward in the backward switch measured 1.57x faster training
-    steps on CPU (w1.0, 16 x 128 px) despite the extra forward.
-    """
-    return jax.lax.switch(index, branches, x, p, k_idx)
-
-
-def _switch_recompute_fwd(branches, index, k_idx, x, p):
-    return jax.lax.switch(index, branches, x, p, k_idx), (index, k_idx, x, p)
-
-
-def _switch_recompute_bwd(branches, res, ct):
-    index, k_idx, x, p = res
-
-    def back(b):
-        def g(k_idx, x, p, ct):
-            _, pull = jax.vjp(lambda x, p: b(x, p, k_idx), x, p)
-            return pull(ct)
-        return g
-    dx, dp = jax.lax.switch(index, [back(b) for b in branches], k_idx, x, p, ct)
-    return None, None, dx, dp
-
-
-_switch_recompute.defvjp(_switch_recompute_fwd, _switch_recompute_bwd)
-
-
-class ElasticBlock(nn.Module):
-    """Inverted bottleneck with elastic kernel and expand (no residual here).
-
-    exec_mode "masked": one program for the largest block, inactive channels
-    zeroed and smaller kernels zero-padded to the largest. "switch":
-    `lax.switch` over the expand choices, inside it over the kernel sizes,
-    each branch statically shaped (the first `mid` channels sliced from the
-    max tensors, the kernel of its size), and for a `skippable` block a
-    `lax.cond` on `gate` (a skipped block returns zeros). Same outputs,
-    running-stat updates and gradients; only the active branch runs.
-    """
-
-    c_in: int
-    c_out: int
-    stride: int
-    act: str
-    use_se: bool
-    kernels: tuple[int, ...]
-    expands: tuple[int, ...]
-    impl: str
-    exec_mode: str = "masked"
-    skippable: bool = False
-
-    @nn.nowrap
-    def _mids(self):
-        mids = tuple(ss.make_divisible(round(self.c_in * v), 8) for v in self.expands)
-        return mids, tuple(ss.make_divisible(m // 4, 8) for m in mids)
-
-    @nn.compact
-    def __call__(self, x, k, e, gate, mode):
-        if self.exec_mode == "switch":
-            return self._switch(x, k, e, gate, mode)
-        act = layers.activation(self.act)
-        mids, se_mids = self._mids()
-        mid_max = max(mids)
-        mid = _select(e, self.expands, mids)
-        mmask = layers.channel_mask(mid, mid_max)
-        bn_mask = mmask & gate
-        w = self.param("expand_kernel", layers.conv_init, (1, 1, self.c_in, mid_max))
-        h = layers.pointwise(x, w)
-        h = act(layers.MaskedBatchNorm(mid_max, name="expand_bn")(h, bn_mask, mode))
-        h = jnp.where(mmask, h, 0.0)
-        h = layers.ElasticDepthwise(mid_max, self.kernels, self.stride, self.impl,
-                                    name="depthwise")(h, k)
-        h = act(layers.MaskedBatchNorm(mid_max, name="depthwise_bn")(h, bn_mask, mode))
-        h = jnp.where(mmask, h, 0.0)
-        if self.use_se:
-            se_max = ss.make_divisible(mid_max // 4, 8)
-            se_mask = layers.channel_mask(_select(e, self.expands, se_mids), se_max)
-            wr, br, we, be = self._se_params(mid_max, se_max)
-            s = jnp.mean(h, axis=(1, 2))
-            s = jnp.where(se_mask, jax.nn.relu(s @ wr[0, 0] + br), 0.0)
-            s = jax.nn.hard_sigmoid(s @ we[0, 0] + be)
-            h = h * s[:, None, None, :]
-        wp = self.param("project_kernel", layers.conv_init, (1, 1, mid_max, self.c_out))
-        h = layers.pointwise(h, wp)
-        full = jnp.ones((self.c_out,), bool) & gate
-        return layers.MaskedBatchNorm(self.c_out, name="project_bn")(h, full, mode)
-
-    def _se_params(self, mid_max, se_max):
-        wr = self.param("se_reduce_kernel", layers.conv_init, (1, 1, mid_max, se_max))
-        br = self.param("se_reduce_bias", nn.initializers.zeros, (se_max,))
-        we = self.param("se_expand_kernel", layers.conv_init, (1, 1, se_max, mid_max))
-        be = self.param("se_expand_bias", nn.initializers.zeros, (mid_max,))
-        return wr, br, we, be
-
-    def _switch(self, x, k, e, gate, mode):
-        mids, se_mids = self._mids()
-        mid_max = max(mids)
-        kernels = tuple(sorted(self.kernels))
-        # declared in the masked mode's order (init_variables draws in order)
-        bns, p = {}, {"bn": {}}
-
-        def bn_state(name, c):
-            bns[name] = layers.BatchNormState(c, name=name)
-            p["bn"][name] = bns[name](mode)
-
-        p["w"] = self.param("expand_kernel", layers.conv_init,
-                            (1, 1, self.c_in, mid_max))
-        bn_state("expand_bn", mid_max)
-        p["dw"] = layers.DepthwiseParams(mid_max, kernels, name="depthwise")()
-        bn_state("depthwise_bn", mid_max)
-        if self.use_se:
-            p["se"] = self._se_params(mid_max, ss.make_divisible(mid_max // 4, 8))
-        p["wp"] = self.param("project_kernel", layers.conv_init,
-                             (1, 1, mid_max, self.c_out))
-        bn_state("project_bn", self.c_out)
-        if self.is_initializing():  # params exist now; skip tracing the branches
-            y = jnp.zeros(x.shape[:1] + self._out_hw(x) + (self.c_out,), x.dtype)
-            return y
-        k_idx = _select(k, kernels, tuple(range(len(kernels))))
-        e_idx = _select(e, self.expands, tuple(range(len(self.expands))))
-        branches = [functools.partial(self._branch, m, se, kernels, mode)
-                    for m, se in zip(mids, se_mids)]
-
-        def run(x, p, k_idx):
-            return _switch_recompute(tuple(branches), e_idx, k_idx, x, p)
-
-        if self.skippable:
-            def skip(x, p, k_idx):
-                y = jnp.zeros(x.shape[:1] + self._out_hw(x) + (self.c_out,), x.dtype)
-                if mode == "eval":
-                    return y, None
-                z = {"expand_bn": mid_max, "depthwise_bn": mid_max,
-                     "project_bn": self.c_out}
-                return y, {n: (jnp.zeros((c,)), jnp.zeros((c,))) for n, c in z.items()}
-            y, stats = jax.lax.cond(gate, run, skip, x, p, k_idx)
-        else:
-            y, stats = run(x, p, k_idx)
-        if stats is not None:
-            mmask = layers.channel_mask(_select(e, self.expands, mids), mid_max)
-            masks = {"expand_bn": mmask & gate, "depthwise_bn": mmask & gate,
-                     "project_bn": jnp.ones((self.c_out,), bool) & gate}
-            for n, bn in bns.items():
-                bn(mode, stats[n], masks[n])
-        return y
-
-    @nn.nowrap
-    def _out_hw(self, x):
-        return tuple((v - 1) // self.stride + 1 for v in x.shape[1:3])
-
-    @nn.nowrap
-    def _branch(self, m, se, kernels, mode, x, p, k_idx):
-        """One expand choice (m mid channels, se SE channels), static shapes.
-
-        Returns (y [N, H', W', c_out], {bn name: (mean, var) padded to the
-        max channels} or None in eval mode).
-        """
-        act = layers.activation(self.act)
-        stats = {}
-
-        def bn(h, name, c):
-            scale, bias, mean, var = (v[:c] for v in p["bn"][name])
-            h, st = layers.batch_norm(h, scale, bias, mean, var, mode)
-            if st is not None:
-                pad = p["bn"][name][0].shape[0] - c
-                stats[name] = tuple(jnp.pad(v, (0, pad)) for v in st)
-            return h
-
-        h = act(bn(layers.pointwise(x, p["w"][..., :m]), "expand_bn", m))
-        kernel, mats = p["dw"]
-        kernel = kernel[..., :m]
-
-        def conv(size, h, kernel, mats):
-            kern = layers.transformed_kernels(kernel, mats, kernels, size)[size]
-            return layers.depthwise_conv(h, kern, self.stride, self.impl)
-
-        convs = [functools.partial(conv, size) for size in kernels]
-        h = jax.lax.switch(k_idx, convs, h, kernel, mats)
-        h = act(bn(h, "depthwise_bn", m))
-        if self.use_se:
-            wr, br, we, be = p["se"]
-            s = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ wr[0, 0, :m, :se] + br[:se])
-            s = jax.nn.hard_sigmoid(s @ we[0, 0, :se, :m] + be[:m])
-            h = h * s[:, None, None, :]
-        h = layers.pointwise(h, p["wp"][:, :, :m, :])
-        h = bn(h, "project_bn", self.c_out)
-        return h, (stats if mode != "eval" else None)
 
 
 class Supernet(nn.Module):
@@ -572,3 +373,33 @@ def sample_arch_arrays(space: ss.SearchSpace, key: jax.Array, n: int
     """n uniformly sampled subnets as stacked numpy arch arrays (for streams)."""
     genes = space.sample(key, n)
     return jax.tree.map(np.asarray, space.genes_to_arrays(genes))
+
+
+# ------------------------------------------------------------- save / load
+SUPERNET_KIND = "nat_jax.Supernet"
+
+
+def save_supernet(directory: str, model: Supernet, variables: dict) -> None:
+    """Save a `Supernet` and its variables (params + batch_stats) to a new dir."""
+    meta = {
+        "kind": SUPERNET_KIND,
+        "width": model.width,
+        "num_classes": model.num_classes,
+        "dropout_rate": model.dropout_rate,
+        "space": model.space.to_json(),
+    }
+    tree = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    checkpoint.save_pytree(directory, tree, meta)
+
+
+def load_supernet(directory: str) -> tuple[Supernet, dict]:
+    """(model, variables) saved by `save_supernet`."""
+    meta = checkpoint.load_metadata(directory)
+    if meta.get("kind") != SUPERNET_KIND:
+        raise ValueError(f"{directory} does not hold a supernet (kind="
+                         f"{meta.get('kind')!r}).")
+    space = ss.SearchSpace.from_json(meta["space"])
+    model = Supernet(space, float(meta["width"]), int(meta["num_classes"]),
+                     dropout_rate=float(meta.get("dropout_rate", 0.1)))
+    tree, _ = checkpoint.load_pytree(directory, variable_shapes(model))
+    return model, dict(tree)

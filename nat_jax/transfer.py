@@ -42,8 +42,7 @@ from absl import logging
 
 from nat_jax import adaptation, checkpoint, data, evaluation, evolution, objectives
 from nat_jax import pipeline
-from nat_jax import predictor as predictor_lib
-from nat_jax import reporting
+from nat_jax import rank_stats, reporting, sharding
 from nat_jax import search_space as ss
 from nat_jax import supernet as supernet_lib
 from nat_jax import tradeoff
@@ -174,7 +173,7 @@ class _Run:
         self.adapt_cfg = adaptation.AdaptConfig(
             lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
             label_smoothing=a.label_smoothing, checkpoint_every=a.checkpoint_every)
-        self.mesh = adaptation.data_mesh()
+        self.mesh = sharding.data_mesh()
         self.ckpt = checkpoint.TrainCheckpointer(str(workdir / "ckpt"), max_to_keep=2)
         state = adaptation.create_train_state(self.model, variables, self.adapt_cfg,
                                               self.total_steps,
@@ -326,8 +325,8 @@ class _Run:
         if len(new) >= 3:
             pred = np.array([e.predicted_top1 for e in new])
             meas = np.array([e.top1 for e in new])
-            tau = float(predictor_lib.kendall(pred, meas))
-            rho = float(predictor_lib.spearman(pred, meas))
+            tau = float(rank_stats.kendall(pred, meas))
+            rho = float(rank_stats.spearman(pred, meas))
         norm = self._normaliser()
         hv = float(tradeoff.hypervolume(F[ok] / norm, np.ones(len(self.names)) * 1.0,
                                         key=jax.random.key(it)))
@@ -362,7 +361,7 @@ class _Run:
         supernet_dir = self.workdir / "supernet"
         if supernet_dir.exists():  # left by a crash inside finish(): redo it
             shutil.rmtree(supernet_dir)
-        checkpoint.save_supernet(str(supernet_dir), self.model, self.variables())
+        supernet_lib.save_supernet(str(supernet_dir), self.model, self.variables())
         summary = {"front": [int(i) for i in front], "picks": picks,
                    "supernet_dir": str(supernet_dir)}
         (self.workdir / "result.json").write_text(json.dumps(summary, indent=1))
@@ -409,7 +408,7 @@ def load_for_task(directory: str, space: ss.SearchSpace, num_classes: int,
             f"checkpoint (ofa_mbv3_d234_e346_k357_w1.0 or _w1.2) and convert it: "
             f"python -m experiments.convert_ofa --checkpoint=FILE --width=1.0 "
             f"--output={directory}")
-    model, variables = checkpoint.load_supernet(directory)
+    model, variables = supernet_lib.load_supernet(directory)
     same = dataclasses.replace(model.space, widths=space.widths,
                                resolutions=space.resolutions) == space
     if not same or model.width not in space.widths:

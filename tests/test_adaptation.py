@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nat_jax import sharding
 from nat_jax import adaptation as ad
 from nat_jax import checkpoint as ck
 from nat_jax import data, pipeline, supernet
@@ -192,10 +193,10 @@ def test_inactive_weights_get_exactly_zero_gradient():
 
 def test_train_step_changes_only_active_weights():
     model, variables = _model()
-    mesh = ad.data_mesh(jax.devices()[:1])
-    state = ad.replicate(_fresh_state(), mesh)
+    mesh = sharding.data_mesh(jax.devices()[:1])
+    state = sharding.replicate(_fresh_state(), mesh)
     arch = ss.Arch.from_ofa(*ARCHS[1], RES, 1.0, SPACE).as_arrays()
-    batch = ad.shard_batch(_loader().next(RES), mesh)
+    batch = sharding.shard_batch(_loader().next(RES), mesh)
     before = jax.tree.map(np.asarray, state.params)
     fn = ad.jitted_train_step(model, CFG, mesh)
     new, metrics = fn(state, batch, arch)
@@ -217,7 +218,7 @@ def test_one_and_four_devices_give_the_same_parameters():
     probs = _probs()
     out = []
     for devices in (jax.devices()[:1], jax.devices()[:4]):
-        mesh = ad.data_mesh(devices)
+        mesh = sharding.data_mesh(devices)
         fn = ad.jitted_train_step(model, CFG, mesh)
         before, seen = fn._cache_size(), []
         state, m = ad.adapt(_fresh_state(), model, _loader(), probs, 3, CFG,
@@ -238,7 +239,7 @@ def test_one_and_four_devices_give_the_same_parameters():
 
 
 def _restore(ckpt, model):
-    template = ad.replicate(_fresh_state(), ad.data_mesh())
+    template = sharding.replicate(_fresh_state(), sharding.data_mesh())
     state, extra = ckpt.restore(template)
     loader = pipeline.TrainLoader.restore(_dataset().train, extra["loader"],
                                           augment=AugmentConfig(min_scale=0.5))

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from nat_jax import sharding
 from nat_jax import adaptation as ad
 from nat_jax import evaluation as ev
 from nat_jax import pipeline, supernet
@@ -26,7 +27,7 @@ def _model():
 
 
 def _mesh():
-    return ad.data_mesh(jax.devices()[:1])
+    return sharding.data_mesh(jax.devices()[:1])
 
 
 def _genes(n, seed):

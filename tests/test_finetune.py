@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import finetune as finetune_configs
-from nat_jax import checkpoint, data, deployment, export, finetune, latency, layers
+from nat_jax import data, deployment, export, finetune, latency, layers
 from nat_jax import search_space as ss
 from nat_jax import supernet
 from nat_jax.archive import Archive
@@ -29,7 +29,7 @@ def transfer_dir(tmp_path_factory):
     model = supernet.Supernet(SPACE, 1.0, 10)
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     variables = latency.random_variables(model, x, SPACE.max_arch().as_arrays())
-    checkpoint.save_supernet(str(wd / "supernet"), model, variables)
+    supernet.save_supernet(str(wd / "supernet"), model, variables)
     arc = Archive(SPACE)
     arc.add([SPACE.encode(SPACE.min_arch(40)), GENES], iteration=0)
     for i in range(2):

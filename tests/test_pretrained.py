@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import ofa_oracle
-from nat_jax import checkpoint, pretrained, supernet
+from nat_jax import pretrained, supernet
 from nat_jax import search_space as ss
 
 pytestmark = pytest.mark.oracle
@@ -98,19 +98,19 @@ def test_new_classes_and_save_load_roundtrip(tmp_path):
     assert v5["params"]["classifier_kernel"].shape == (1280, 5)
     np.testing.assert_array_equal(v5["params"]["block_3"]["expand_kernel"],
                                   variables["params"]["block_3"]["expand_kernel"])
-    checkpoint.save_supernet(tmp_path / "ck", m5, v5)
-    m6, v6 = checkpoint.load_supernet(tmp_path / "ck")
+    supernet.save_supernet(tmp_path / "ck", m5, v5)
+    m6, v6 = supernet.load_supernet(tmp_path / "ck")
     assert (m6.space, m6.width, m6.num_classes) == (SP, 1.0, 5)
     for a, b in zip(jax.tree.leaves(v6), jax.tree.leaves(v5)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ValueError, match="does not exist"):
-        checkpoint.load_supernet(tmp_path / "nope")
+        supernet.load_supernet(tmp_path / "nope")
     os.makedirs(tmp_path / "empty")
     with pytest.raises(ValueError, match="not a nat-jax checkpoint"):
-        checkpoint.load_supernet(tmp_path / "empty")
+        supernet.load_supernet(tmp_path / "empty")
     (tmp_path / "ck" / "metadata.json").write_text("{broken")
     with pytest.raises(ValueError, match="Corrupt"):
-        checkpoint.load_supernet(tmp_path / "ck")
+        supernet.load_supernet(tmp_path / "ck")
 
 
 def test_convert_cli(tmp_path):
@@ -123,7 +123,7 @@ def test_convert_cli(tmp_path):
     torch.save({"state_dict": ofa_oracle.legacy_state_dict(net)}, path)
     out = convert_ofa.convert(str(path), 1.0, str(tmp_path / "out"))
     assert out["num_classes"] == 7
-    model, _ = checkpoint.load_supernet(tmp_path / "out")
+    model, _ = supernet.load_supernet(tmp_path / "out")
     assert model.space == ss.OFA_MBV3 and model.num_classes == 7
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.convert_ofa", f"--checkpoint={path}",

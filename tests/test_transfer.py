@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import transfer as transfer_cfg
-from nat_jax import checkpoint, tradeoff
+from nat_jax import supernet, tradeoff
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = f"--config={ROOT / 'experiments' / 'configs' / 'transfer.py'}:test"
@@ -84,7 +84,7 @@ def test_complete_run_writes_everything(full_run):
     assert np.all(tradeoff.nondominated(F[front]))
     assert set(np.flatnonzero(tradeoff.nondominated(F))) <= set(front)
     assert set(result["picks"]) <= set(front)
-    model, variables = checkpoint.load_supernet(str(full_run / "supernet"))
+    model, variables = supernet.load_supernet(str(full_run / "supernet"))
     assert model.num_classes == 10 and "params" in variables
     assert "## Selected subnets" in (full_run / "report.md").read_text()
 
@@ -104,8 +104,8 @@ def test_killed_runs_resume_to_the_same_result(env, full_run, tmp_path):
     out = _transfer(env, workdir)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _archive(workdir) == _archive(full_run)
-    _, a = checkpoint.load_supernet(str(workdir / "supernet"))
-    _, b = checkpoint.load_supernet(str(full_run / "supernet"))
+    _, a = supernet.load_supernet(str(workdir / "supernet"))
+    _, b = supernet.load_supernet(str(full_run / "supernet"))
     for x, y in zip(np.concatenate([np.ravel(v) for v in _leaves(a)]),
                     np.concatenate([np.ravel(v) for v in _leaves(b)])):
         assert x == y
