@@ -124,19 +124,21 @@ def crop_resize(
     """Bilinear crop + resize of each image to resolution x resolution.
 
     Args:
-      images: B uint8 arrays [H_i, W_i, C] (C = 1 or 3; sizes may differ).
+      images: B uint8 arrays [H_i, W_i, C_i] (C_i = 1, 3 or 4; sizes and
+        channel counts may differ).
       boxes: float32[B, 4] (x0, y0, x1, y1) in source pixels.
       resolution: output side r.
 
     Returns:
-      uint8[B, r, r, C] with the channel count of the first image.
+      uint8[B, r, r, C]: C = 1 when every image is grey, else 3 (grey images
+      replicated to RGB, alpha dropped), whatever the order of the images.
     """
-    channels = images[0].shape[-1]
+    channels = 1 if all(img.shape[-1] == 1 for img in images) else 3
     out = np.empty((len(images), resolution, resolution, channels), np.uint8)
     size = (resolution, resolution)
     for i, (img, box) in enumerate(zip(images, boxes)):
         if img.shape[-1] != channels:
-            img = to_rgb(img) if channels == 3 else img[..., :1]
+            img = to_rgb(img)
         pil = Image.fromarray(img[..., 0] if channels == 1 else img)
         res = pil.resize(size, Image.BILINEAR, box=tuple(float(v) for v in box))
         out[i] = np.asarray(res).reshape(resolution, resolution, channels)

@@ -11,10 +11,19 @@ prepared in array_record format (read with `tfds.data_source`, no TensorFlow),
 and image folders `ROOT/{train,test}/CLASS/IMAGE`. `load` never downloads: when
 data is missing it raises `DataNotFoundError` (one line, naming the command
 that prepares it) within a fraction of a second.
+
+Image folders: every image of a dataset is decoded to the same channel count
+(3 if any image is colour, else 1), an empty class folder is refused, and the
+validation images are picked by a hash of each file's relative path
+(`holdout_by_key`), so removing one file moves at most one other file between
+train and validation. `split_fingerprint(ds)` identifies the exact split a run
+uses; `verify_images(ds)` decodes every image file (what `--check` runs).
 """
 
+import concurrent.futures as cf
 import dataclasses
 import functools
+import hashlib
 import os
 import warnings
 from typing import Sequence
@@ -25,6 +34,8 @@ from PIL import Image
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 EMBEDDED = "fashion_mnist_mini"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp", ".tif")
+# PIL modes without colour; every other mode (RGB, RGBA, P, CMYK, ...) is colour.
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -160,27 +171,60 @@ class TfdsSource:
 
 
 class FolderSource:
-    """Image files with integer labels, decoded with PIL on every read."""
+    """Image files with integer labels, decoded with PIL on every read.
 
-    def __init__(self, paths: Sequence[str], labels: Sequence[int]):
+    Args:
+      paths: N image files.
+      labels: N int labels.
+      root: folder the `keys` (relative paths, '/'-separated) are taken from;
+        None: the keys are the paths themselves.
+      channels: 1 or 3, the channel count every image is decoded to; None:
+        each image keeps its own (grey 1, anything else 3).
+    """
+
+    def __init__(self, paths: Sequence[str], labels: Sequence[int],
+                 root: str | None = None, channels: int | None = None):
         self.paths, self.labels = list(paths), np.asarray(labels, np.int32)
+        self.root, self.channels = root, channels
+
+    @functools.cached_property
+    def keys(self) -> tuple[str, ...]:
+        """Each file's path relative to `root` with '/' separators."""
+        if self.root is None:
+            return tuple(self.paths)
+        return tuple(os.path.relpath(p, self.root).replace(os.sep, "/")
+                     for p in self.paths)
 
     def __len__(self):
         return len(self.paths)
 
     def read(self, idx: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        return [decode_image(self.paths[i]) for i in idx], self.labels[idx]
+        images = [decode_image(self.paths[i], self.channels) for i in idx]
+        return images, self.labels[idx]
 
 
-def decode_image(path: str) -> np.ndarray:
-    """uint8[H, W, 1|3] pixels of an image file; ValueError naming a bad file."""
+def decode_image(path: str, channels: int | None = None) -> np.ndarray:
+    """uint8[H, W, C] pixels of an image file; ValueError naming a bad file.
+
+    Args:
+      path: image file.
+      channels: 3 (grey is replicated, alpha/palette/CMYK become RGB), 1 (grey
+        luma), or None (grey modes give C = 1, every other mode C = 3).
+    """
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels}.")
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if im.mode in ("1", "L", "I;16", "I") else "RGB")
+            grey = im.mode in GREY_MODES
+            im = im.convert("L" if grey or channels == 1 else "RGB")
             arr = np.asarray(im)
     except (OSError, ValueError, SyntaxError) as e:
-        raise ValueError(f"Cannot decode image file {path}: {e}") from None
-    return arr[..., None] if arr.ndim == 2 else arr
+        reason = " ".join(str(e).split())
+        raise ValueError(
+            f"Cannot decode image file {path}: {reason}; remove or replace it."
+        ) from None
+    arr = arr[..., None] if arr.ndim == 2 else arr
+    return np.repeat(arr, 3, axis=-1) if channels == 3 and arr.shape[-1] == 1 else arr
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -221,13 +265,48 @@ class Dataset:
         return len(self.class_names)
 
 
-def holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) positions: a seeded random `fraction` of range(n) is val."""
+def _check_fraction(fraction: float):
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {fraction}.")
+
+
+def holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) positions: a seeded random `fraction` of range(n) is val.
+
+    Used where examples have no identity but their position (tfds records, the
+    embedded arrays). Returns sorted int arrays [n - n_val] and [n_val],
+    n_val = round(n * fraction).
+    """
+    _check_fraction(fraction)
     perm = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * fraction))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _key_rank(key: str, seed: int) -> bytes:
+    return hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+
+
+def holdout_by_key(
+    keys: Sequence[str], fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) positions: the round(n * fraction) keys of lowest hash are val.
+
+    Each key (a file's relative path) is ranked by sha256(seed, key), so a
+    key's side depends only on the keys ranked near it, not on its position:
+    removing or adding one file moves at most one other file between train and
+    validation (none when the count round(n * fraction) absorbs the change).
+
+    Returns:
+      Sorted int arrays [n - n_val] and [n_val], n_val = round(n * fraction).
+    """
+    _check_fraction(fraction)
+    n = len(keys)
+    n_val = int(round(n * fraction))
+    order = sorted(range(n), key=lambda i: (_key_rank(keys[i], seed), keys[i]))
+    val = np.sort(np.asarray(order[:n_val], np.int64))
+    train = np.sort(np.asarray(order[n_val:], np.int64))
+    return train, val
 
 
 def load(
@@ -259,7 +338,10 @@ def load(
             f"{spec.name}: found {len(names)} classes, expected {spec.num_classes}."
         )
     seed = spec.split_seed if split_seed is None else split_seed
-    tr, va = holdout(len(source), spec.val_fraction, seed)
+    if isinstance(source, FolderSource):
+        tr, va = holdout_by_key(source.keys, spec.val_fraction, seed)
+    else:
+        tr, va = holdout(len(source), spec.val_fraction, seed)
     return Dataset(
         spec, tuple(names), Split("train", source, tr), Split("val", source, va),
         None if test is None else Split("test", test, np.arange(len(test))),
@@ -316,33 +398,51 @@ def _load_tfds(spec: DatasetSpec, data_dir: str):
 
 
 def _scan_folder(root: str, class_names: Sequence[str] | None):
-    """(paths, labels, class_names, skipped) of ROOT/CLASS/IMAGE files."""
+    """(paths, labels, class_names, skipped, colour) of ROOT/CLASS/IMAGE files.
+
+    With `class_names` None (training scan) the classes are the non-hidden
+    sub-folders, and each must hold at least one readable image. `colour` is
+    True when any kept image has a colour mode (header only, not decoded).
+    """
     found = sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+        d for d in os.listdir(root)
+        if not d.startswith(".") and os.path.isdir(os.path.join(root, d))
     )
     names = list(class_names) if class_names is not None else found
     unknown = sorted(set(found) - set(names))
     if unknown:
         raise ValueError(f"{root}: classes {unknown} are not in the training classes.")
-    paths, labels, skipped = [], [], []
+    paths, labels, skipped, colour = [], [], [], False
     for label, name in enumerate(names):
         cdir = os.path.join(root, name)
         if not os.path.isdir(cdir):
             continue
+        kept, bad = 0, 0
         for f in sorted(os.listdir(cdir)):
             path = os.path.join(cdir, f)
             if f.startswith(".") or not f.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             try:  # header only: cheap; truncated pixels fail later, naming the file
                 with Image.open(path) as im:
+                    mode = im.mode
                     im.verify()
             except Exception as e:  # noqa: BLE001 - PIL raises many types
                 warnings.warn(f"Skipping unreadable image {path}: {e}")
                 skipped.append(path)
+                bad += 1
                 continue
+            colour = colour or mode not in GREY_MODES
             paths.append(path)
             labels.append(label)
-    return paths, labels, names, skipped
+            kept += 1
+        if class_names is None and kept == 0:
+            what = f"no readable image files ({bad} unreadable)" if bad else (
+                "no image files (" + "/".join(IMAGE_EXTENSIONS) + ")")
+            raise ValueError(
+                f"Class folder {cdir} has {what}; add images or delete the folder "
+                "(it would be trained as an extra, empty class)."
+            )
+    return paths, labels, names, skipped, colour
 
 
 def _load_folder(spec: DatasetSpec, root: str, data_dir: str | None):
@@ -354,12 +454,99 @@ def _load_folder(spec: DatasetSpec, root: str, data_dir: str | None):
     train_root = os.path.join(root, "train")
     if not os.path.isdir(train_root):
         train_root = root  # ROOT/CLASS/IMAGE: training data only
-    paths, labels, names, skipped = _scan_folder(train_root, None)
+    paths, labels, names, skipped, colour = _scan_folder(train_root, None)
     if not paths:
         raise DataNotFoundError(f"{spec.name}: no image files under {train_root}.")
-    test = None
     test_root = os.path.join(root, "test")
-    if train_root != root and os.path.isdir(test_root):
-        t_paths, t_labels, _, t_skipped = _scan_folder(test_root, names)
-        test, skipped = FolderSource(t_paths, t_labels), skipped + t_skipped
-    return FolderSource(paths, labels), test, names, skipped
+    scan_test = train_root != root and os.path.isdir(test_root)
+    if scan_test:
+        t_paths, t_labels, _, t_skipped, t_colour = _scan_folder(test_root, names)
+        skipped, colour = skipped + t_skipped, colour or t_colour
+    channels = 3 if colour else 1  # one channel count for the whole dataset
+    test = FolderSource(t_paths, t_labels, test_root, channels) if scan_test else None
+    return FolderSource(paths, labels, train_root, channels), test, names, skipped
+
+
+# ------------------------------------------------------------------- checks
+
+
+def _split_items(split: Split) -> bytes:
+    keys = getattr(split.source, "keys", None)
+    if keys is not None:
+        items = "\n".join(keys[i] for i in split.indices).encode()
+    else:
+        items = np.asarray(split.indices, "<i8").tobytes()
+    labels = split.labels
+    if labels is not None:
+        items += b"\0" + np.asarray(labels, "<i4").tobytes()
+    return items
+
+
+def split_fingerprint(dataset: Dataset) -> str:
+    """A stable hex digest of the exact train/val/test split a run uses.
+
+    It covers the source identity (kind; tfds name and splits, or the embedded
+    name; not the folder's location, so a moved folder keeps its fingerprint),
+    the class names and, per split, the members in order: relative file paths
+    for image folders, positions for tfds/embedded sources, plus the labels
+    where known without decoding. Any added, removed or renamed file, changed
+    class, seed or val_fraction changes it; pixel contents are not hashed.
+    Record it in a run's workdir and refuse to resume when it differs.
+
+    Returns:
+      64 hex characters (sha256).
+    """
+    spec = dataset.spec
+    identity = [spec.kind]
+    if spec.kind == "tfds":
+        identity += [spec.tfds_name, "+".join(spec.train_splits),
+                     "+".join(spec.test_splits)]
+    elif spec.kind == "embedded":
+        identity.append(spec.name)
+    h = hashlib.sha256()
+    h.update(("\0".join(identity) + "\n" + "\0".join(dataset.class_names)).encode())
+    for split in (dataset.train, dataset.val, dataset.test):
+        if split is None:
+            h.update(b"\nnone")
+            continue
+        h.update(f"\n{split.name}:{len(split)}:".encode())
+        h.update(hashlib.sha256(_split_items(split)).digest())
+    return h.hexdigest()
+
+
+def _decode_error(job: tuple[str, int | None]) -> str | None:
+    try:
+        decode_image(*job)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def verify_images(
+    dataset: Dataset, num_threads: int | None = None, chunk: int = 512
+) -> int:
+    """Decodes every image file of an image-folder dataset; returns how many.
+
+    The folder scan of `load` reads headers only, so a truncated file would
+    otherwise stop a run when it is first drawn. tfds and embedded sources are
+    not decoded (tfds encoded and checksummed them when preparing).
+
+    Raises:
+      ValueError: one line naming the first bad file (scan order) and how many
+        other files failed.
+    """
+    sources = [dataset.train.source]
+    if dataset.test is not None and dataset.test.source is not sources[0]:
+        sources.append(dataset.test.source)
+    jobs = [(p, s.channels) for s in sources if isinstance(s, FolderSource)
+            for p in s.paths]
+    workers = num_threads or min(8, os.cpu_count() or 1)
+    errors = []
+    with cf.ThreadPoolExecutor(workers) as pool:  # PIL decoding releases the GIL
+        for start in range(0, len(jobs), chunk):
+            found = pool.map(_decode_error, jobs[start:start + chunk])
+            errors += [e for e in found if e is not None]
+    if errors:
+        more = f" ({len(errors) - 1} more undecodable files)" if errors[1:] else ""
+        raise ValueError(errors[0].rstrip(".") + more + ".")
+    return len(jobs)
