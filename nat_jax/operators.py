@@ -11,14 +11,23 @@ Integer operators (NAT, paper Sec. 3.4 and Table 2):
   gene independently with probability 1/2, giving two offspring; otherwise
   the offspring are copies of the parents.
 * `polynomial_mutation`: each gene mutates with probability `prob` (0.1) by
-  Deb's bounded polynomial mutation with index `eta` (1.0) on the real line,
-  then is rounded and clipped to its bounds (paper Eq. 2; the authors use
-  pymoo's polynomial mutation followed by rounding). With
-  `d1 = (x - lo) / (hi - lo)`, `d2 = (hi - x) / (hi - lo)`, `u ~ U(0, 1)`:
-  `u <= 1/2: dq = (2u + (1 - 2u)(1 - d1)^(eta+1))^(1/(eta+1)) - 1`,
-  `u > 1/2: dq = 1 - (2(1 - u) + 2(u - 1/2)(1 - d2)^(eta+1))^(1/(eta+1))`,
-  `x' = round(x + dq (hi - lo))`. `mutation_pmf` gives the exact
-  distribution of `x'` (used by the tests).
+  polynomial mutation with index `eta` (1.0), then is rounded to the nearest
+  integer (and clipped, a no-op up to float error). Two variants:
+
+  - `variant="paper"` (default), Eq. 2 as printed in Sec. 3.4, with
+    `u ~ U(0, 1)`, `p = 1/(1 + eta)` and bounds `[lo, hi]`:
+    `u <= 1/2: x' = x + ((2u)^p - 1)(x - lo)`,
+    `u > 1/2:  x' = x + (1 - (2(1 - u))^p)(hi - x)`.
+    The step towards a bound scales with the distance to that bound.
+  - `variant="pymoo"`, Deb's bounded polynomial mutation (pymoo's `PM`,
+    what the authors' nsganetv2 `int_pm` rounds). With
+    `d1 = (x - lo) / (hi - lo)`, `d2 = (hi - x) / (hi - lo)`:
+    `u <= 1/2: dq = (2u + (1 - 2u)(1 - d1)^(eta+1))^p - 1`,
+    `u > 1/2: dq = 1 - (2(1 - u) + 2(u - 1/2)(1 - d2)^(eta+1))^p`,
+    `x' = x + dq (hi - lo)`. It equals Eq. 2 only when `x` is on a bound.
+
+  `mutation_pmf` gives the exact distribution of the rounded `x'` of either
+  variant (closed form of the inverse CDF).
 * `repair`: clip to bounds, then the search space's canonical form.
 * `duplicate_mask`: marks rows equal to an earlier row or to any row of a
   reference set (population or archive) so that the caller can penalise
@@ -97,53 +106,121 @@ def real_polynomial_mutation(key: jax.Array, x: jax.Array, lower, upper,
     return jnp.where(do, y, x)
 
 
+MUTATION_VARIANTS = ("paper", "pymoo")
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in MUTATION_VARIANTS:
+        raise ValueError(f"Unknown mutation variant {variant!r}; use one of "
+                         f"{MUTATION_VARIANTS}.")
+
+
+def _pm_delta_paper(u, x, lo, hi, eta):
+    """Step `x' - x` of Eq. 2 (Sec. 3.4) for uniform draws `u`."""
+    p = 1.0 / (1.0 + eta)
+    low = ((2 * u) ** p - 1) * (x - lo)
+    high = (1 - (2 * (1 - u)) ** p) * (hi - x)
+    return jnp.where(u <= 0.5, low, high)
+
+
 def polynomial_mutation(key: jax.Array, genes: jax.Array, lower, upper,
-                        prob: float = 0.1, eta: float = 1.0) -> jax.Array:
-    """Integer polynomial mutation: real PM, rounded and clipped (Eq. 2).
+                        prob: float = 0.1, eta: float = 1.0,
+                        variant: str = "paper") -> jax.Array:
+    """Integer polynomial mutation, rounded to the nearest integer (Eq. 2).
 
     Args:
+      key: PRNG key.
       genes: int[n, n_var]; lower, upper: int[n_var] inclusive bounds.
+      prob: per-gene mutation probability (the paper's pm).
+      eta: distribution index (the paper's eta_m).
+      variant: "paper" (Eq. 2 as printed) or "pymoo" (bounded PM of
+        pymoo / nsganetv2); see the module docstring.
 
     Returns:
       int32[n, n_var], every gene within its bounds.
     """
-    y = real_polynomial_mutation(key, jnp.asarray(genes, jnp.float32), lower,
-                                 upper, prob, eta)
+    _check_variant(variant)
+    if variant == "pymoo":
+        y = real_polynomial_mutation(key, jnp.asarray(genes, jnp.float32), lower,
+                                     upper, prob, eta)
+    else:
+        k_do, k_u = jax.random.split(key)
+        x = jnp.asarray(genes, jnp.float32)
+        lo = jnp.asarray(lower, jnp.float32)
+        hi = jnp.asarray(upper, jnp.float32)
+        do = jax.random.bernoulli(k_do, prob, x.shape)
+        u = jax.random.uniform(k_u, x.shape)
+        y = jnp.where(do, x + _pm_delta_paper(u, x, lo, hi, eta), x)
     y = jnp.clip(jnp.round(y), jnp.asarray(lower), jnp.asarray(upper))
     return y.astype(jnp.int32)
 
 
-def mutation_pmf(x: int, lower: int, upper: int, eta: float = 1.0) -> np.ndarray:
+def _paper_cdf(t: float, x: float, lo: float, hi: float, eta: float) -> float:
+    """P(x' <= t) for the continuous Eq. 2 mutant of `x` (before rounding).
+
+    From u <= 1/2: x' <= t < x iff u <= ((t - lo)/(x - lo))^(eta+1) / 2.
+    From u > 1/2: x <= x' <= t iff u <= 1 - ((hi - t)/(hi - x))^(eta+1) / 2.
+    A gene on a bound keeps its value with probability 1/2 (an atom at x).
+    """
+    if t < lo:
+        return 0.0
+    if t >= hi:
+        return 1.0
+    if t < x:  # here lo <= t < x, so x > lo
+        return 0.5 * ((t - lo) / (x - lo)) ** (eta + 1)
+    return 1.0 - 0.5 * ((hi - t) / (hi - x)) ** (eta + 1)  # x <= t < hi
+
+
+def _pymoo_cdf(t: float, x: float, lo: float, hi: float, eta: float) -> float:
+    """P(x' <= t) for the continuous bounded-PM mutant of `x` (pymoo form)."""
+    span = hi - lo
+    d1, d2 = (x - lo) / span, (hi - x) / span
+    a, b = (1 - d1) ** (eta + 1), (1 - d2) ** (eta + 1)
+    t = min(max(t, lo), hi)
+    if t < x:
+        if a >= 1:  # x == lower: nothing below x.
+            return 0.0
+        dq = (t - x) / span
+        return ((dq + 1) ** (eta + 1) - a) / (1 - a) * 0.5
+    if b >= 1:
+        return 1.0 if t >= x else 0.5
+    dq = (t - x) / span
+    if dq >= 1:
+        return 1.0
+    # (1 - dq)^(eta+1) = 2(1 - u) + 2(u - 1/2) b, solve for u.
+    v = (1 - dq) ** (eta + 1)
+    return (2 - v - b) / (2 * (1 - b)) if b < 1 else 1.0
+
+
+def mutation_pmf(x: int, lower: int, upper: int, eta: float = 1.0,
+                 variant: str = "paper") -> np.ndarray:
     """Exact distribution of one mutated integer gene (given it mutates).
+
+    `P(x' = k) = F(k + 1/2) - F(k - 1/2)` with `F` the CDF of the continuous
+    mutant, `F(lower - 1/2) = 0` and `F(upper + 1/2) = 1` (rounding to the
+    nearest integer; ties have probability zero). For `variant="paper"`
+    (Eq. 2), with `r = eta + 1`:
+    `F(t) = ((t - lower)/(x - lower))^r / 2` for `lower <= t < x` and
+    `F(t) = 1 - ((upper - t)/(upper - x))^r / 2` for `x <= t < upper`.
+
+    Args:
+      x: current value, lower <= x <= upper.
+      lower, upper: inclusive integer bounds.
+      eta: distribution index.
+      variant: "paper" or "pymoo", as in `polynomial_mutation`.
 
     Returns:
       float64[upper - lower + 1], P(x' = lower + i).
     """
-    lo, hi, x = float(lower), float(upper), float(x)
-    span = hi - lo
-    if span <= 0:
+    _check_variant(variant)
+    if not lower <= x <= upper:
+        raise ValueError(f"Need lower <= x <= upper, got {lower}, {x}, {upper}.")
+    lo, hi, xf = float(lower), float(upper), float(x)
+    if hi <= lo:
         return np.ones(1)
-    d1, d2 = (x - lo) / span, (hi - x) / span
-    a, b = (1 - d1) ** (eta + 1), (1 - d2) ** (eta + 1)
-
-    def cdf(t):  # P(x + dq * span <= t) for the continuous mutant.
-        t = min(max(t, lo), hi)
-        if t < x:
-            if a >= 1:  # x == lower: nothing below x.
-                return 0.0
-            dq = (t - x) / span
-            return ((dq + 1) ** (eta + 1) - a) / (1 - a) * 0.5
-        if b >= 1:
-            return 1.0 if t >= x else 0.5
-        dq = (t - x) / span
-        if dq >= 1:
-            return 1.0
-        # (1 - dq)^(eta+1) = 2(1 - u) + 2(u - 1/2) b, solve for u.
-        v = (1 - dq) ** (eta + 1)
-        return (2 - v - b) / (2 * (1 - b)) if b < 1 else 1.0
-
-    edges = [cdf(k + 0.5) for k in range(int(lower), int(upper))] + [1.0]
-    pmf = np.diff(np.concatenate([[0.0], edges]))
+    cdf = _paper_cdf if variant == "paper" else _pymoo_cdf
+    edges = [cdf(k + 0.5, xf, lo, hi, eta) for k in range(int(lower), int(upper))]
+    pmf = np.diff(np.concatenate([[0.0], edges, [1.0]]))
     return np.clip(pmf, 0.0, 1.0)
 
 
