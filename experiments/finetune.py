@@ -66,13 +66,13 @@ def main(argv):
         raise ValueError("Give exactly one of --arch and --pick.")
     if not os.path.isdir(_SUPERNET_DIR.value):
         raise ValueError(f"--supernet_dir {_SUPERNET_DIR.value} does not exist.")
-    from nat_jax import checkpoint, data, deployment, finetune, search_space
+    from nat_jax import checkpoint, data, finetune, search_space, workdir
 
     sdir = _SUPERNET_DIR.value
-    meta = checkpoint.load_metadata(deployment.resolve_supernet_dir(sdir))
+    meta = checkpoint.load_metadata(workdir.resolve_supernet_dir(sdir))
     space = search_space.SearchSpace.from_json(meta.get("space", {}))
     if _PICK.value is not None:
-        arch = finetune.pick_arch(sdir, _PICK.value, space)
+        arch = workdir.pick_arch(sdir, _PICK.value, space)
         name = f"finetune_pick{_PICK.value}"
     else:
         text = _ARCH.value

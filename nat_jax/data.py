@@ -550,3 +550,9 @@ def verify_images(
         more = f" ({len(errors) - 1} more undecodable files)" if errors[1:] else ""
         raise ValueError(errors[0].rstrip(".") + more + ".")
     return len(jobs)
+
+
+def full_train_split(ds: Dataset) -> Split:
+    """NAT's train + validation partitions as one split (same source)."""
+    idx = np.sort(np.concatenate([ds.train.indices, ds.val.indices]))
+    return Split("train+val", ds.train.source, idx)

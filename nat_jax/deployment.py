@@ -32,22 +32,7 @@ from nat_jax import data, export, latency, layers, objectives, pipeline
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
 from nat_jax import supernet as supernet_lib
-
-
-def resolve_supernet_dir(path: str) -> str:
-    """A supernet checkpoint dir from itself or a transfer workdir."""
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise ValueError(f"--supernet_dir {path} does not exist.")
-    if (p / "supernet").is_dir():
-        return str(p / "supernet")
-    return str(p)
-
-
-def full_train_split(ds: data.Dataset) -> data.Split:
-    """NAT's train + validation partitions as one split (same source)."""
-    idx = np.sort(np.concatenate([ds.train.indices, ds.val.indices]))
-    return data.Split("train+val", ds.train.source, idx)
+from nat_jax import workdir as workdir_lib
 
 
 # ---------------------------------------------------------------- mesh utils
@@ -203,10 +188,10 @@ def evaluate_front(workdir: str, dataset: str | None = None,
     cfg = json.loads((wd / "config.json").read_text())
     name, ds = _load_dataset(dataset, data_dir or cfg.get("data_dir") or None,
                              cfg.get("dataset"))
-    sdir = resolve_supernet_dir(str(wd))
+    sdir = workdir_lib.resolve_supernet_dir(str(wd))
     model, variables = supernet_lib.load_supernet(sdir)
     _check_classes(model.num_classes, ds, name)
-    train = full_train_split(ds)
+    train = data.full_train_split(ds)
     mesh = data_mesh()
     n_dev = mesh.devices.size
     calib_bs = max(n_dev, min(200, calib_images) // n_dev * n_dev)

@@ -53,6 +53,7 @@ from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
 from nat_jax import supernet as supernet_lib
 from nat_jax import sharding
+from nat_jax import workdir as workdir_lib
 from nat_jax.randaugment import RandAugment
 
 
@@ -108,21 +109,6 @@ class TrainState:
 
 
 # ------------------------------------------------------------------- inherit
-def pick_arch(workdir: str, pick: int, space: ss.SearchSpace) -> ss.Arch:
-    """The arch of `result.json["picks"][pick]` of a transfer workdir."""
-    wd = pathlib.Path(workdir)
-    for name in ("result.json", "archive.json"):
-        if not (wd / name).is_file():
-            raise ValueError(f"--pick needs a finished transfer workdir; {wd / name} "
-                             f"is missing.")
-    picks = json.loads((wd / "result.json").read_text()).get("picks", [])
-    if not -len(picks) <= pick < len(picks):
-        raise ValueError(f"--pick={pick} is out of range: {wd}/result.json has "
-                         f"{len(picks)} picks.")
-    entries = json.loads((wd / "archive.json").read_text())["entries"]
-    return space.decode(entries[picks[pick]]["genes"])
-
-
 def inherit(supernet_dir: str, arch: ss.Arch, depthwise_impl: str | None = None
             ) -> tuple[subnet_lib.Subnet, dict, dict, ss.SearchSpace]:
     """(subnet, variables, net_config, space) extracted from a saved supernet.
@@ -131,7 +117,7 @@ def inherit(supernet_dir: str, arch: ss.Arch, depthwise_impl: str | None = None
       supernet_dir: a `supernet.save_supernet` dir or a transfer workdir.
       arch: the subnet; its width must be the supernet's.
     """
-    sdir = deployment.resolve_supernet_dir(supernet_dir)
+    sdir = workdir_lib.resolve_supernet_dir(supernet_dir)
     model, variables = supernet_lib.load_supernet(sdir)
     space = model.space
     try:
@@ -319,7 +305,7 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
         return json.loads((wd / "result.json").read_text())
     run_info = {"config": dataclasses.asdict(cfg), "arch": dataclasses.asdict(arch),
                 "supernet_dir": os.path.abspath(supernet_dir), "dataset": dataset}
-    _check_same_run(wd, run_info)
+    workdir_lib.check_config(wd, run_info, "finetune.json", "fine-tuning run")
     ds = data.load(dataset, data_dir=data_dir)
     sub, variables, net_cfg, space = inherit(supernet_dir, arch)
     if sub.num_classes != ds.num_classes:
@@ -330,7 +316,7 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
         raise ValueError(f"{dataset} has no test split to report accuracy on.")
     sub = sub.clone(dropout_rate=cfg.dropout_rate,
                     drop_connect_rate=cfg.drop_connect_rate)
-    train_split = deployment.full_train_split(ds)
+    train_split = data.full_train_split(ds)
     r = arch.resolution
     mesh = sharding.data_mesh()
     n_dev = mesh.devices.size
@@ -370,19 +356,6 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
     result = json.loads(json.dumps(result))  # what a rerun reads back
     (wd / "result.json").write_text(json.dumps(result, indent=1))
     return result
-
-
-def _check_same_run(wd: pathlib.Path, info: dict) -> None:
-    path = wd / "finetune.json"
-    norm = json.loads(json.dumps(info))
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != norm:
-            diff = sorted(k for k in set(old) | set(norm) if old.get(k) != norm.get(k))
-            raise ValueError(f"--workdir {wd} holds a different fine-tuning run "
-                             f"(differs in {diff}); use a new --workdir.")
-    wd.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(norm, indent=1))
 
 
 def make_config(c: Mapping[str, Any], num_train: int) -> FinetuneConfig:

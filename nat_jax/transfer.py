@@ -34,7 +34,6 @@ import pathlib
 import shutil
 import signal
 import time
-from typing import Any
 
 import jax
 import numpy as np
@@ -44,6 +43,7 @@ from nat_jax import adaptation, checkpoint, data, evaluation, evolution, objecti
 from nat_jax import pipeline
 from nat_jax import rank_stats, reporting, sharding
 from nat_jax import search_space as ss
+from nat_jax import workdir as workdir_lib
 from nat_jax import supernet as supernet_lib
 from nat_jax import tradeoff
 from nat_jax.archive import Archive
@@ -53,11 +53,6 @@ def _maybe_kill(phase: str, count: int) -> None:
     spec = os.environ.get("NAT_JAX_KILL_AT", "")
     if spec and spec == f"{phase}:{count}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-# Config fields a resumed run may change without being "a different run"
-# (none yet: e.g. more iterations would change the learning-rate schedule).
-_RESUMABLE_OVERRIDES = ()
 
 
 def get_space(name: str) -> ss.SearchSpace:
@@ -102,51 +97,6 @@ def parse_objectives(text: str, space: ss.SearchSpace, num_classes: int):
     if len(set(names)) != len(names):
         raise ValueError(f"Repeated objective in {names}.")
     return names, objectives.complexity_fn(space, tuple(names[1:]), num_classes)
-
-
-# ---------------------------------------------------------------- workdir
-def _flat(cfg: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def check_workdir_config(workdir: pathlib.Path, config_dict: dict) -> None:
-    """Writes config.json, or checks that an existing one is the same run."""
-    path = workdir / "config.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ValueError(f"{path} is corrupt; use a new --workdir.") from None
-        a, b = _flat(old), _flat(json.loads(json.dumps(config_dict)))
-        diff = sorted(k for k in set(a) | set(b)
-                      if a.get(k) != b.get(k) and k not in _RESUMABLE_OVERRIDES)
-        if diff:
-            shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:4])
-            raise ValueError(f"--workdir {workdir} holds a different run ({shown}); "
-                             f"use a new --workdir or the same flags to resume.")
-    workdir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(config_dict, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash: drop it
-                break
-    return rows
 
 
 # ------------------------------------------------------------------- run
@@ -370,7 +320,7 @@ class _Run:
                              title=f"NAT on {self.cfg.dataset}: final archive")
         reporting.write_report(self.workdir / "report.md", self.cfg, self.archive,
                                self.names, front, picks,
-                               _read_jsonl(self.workdir / "metrics.jsonl"))
+                               workdir_lib.read_jsonl(self.workdir / "metrics.jsonl"))
         return summary
 
 
@@ -428,13 +378,13 @@ def load_for_task(directory: str, space: ss.SearchSpace, num_classes: int,
 def run(config, workdir: str | os.PathLike) -> dict:
     """Runs (or resumes) NAT with `config` in `workdir`; returns the summary."""
     workdir = pathlib.Path(workdir)
-    check_workdir_config(workdir, config.to_dict())
+    workdir_lib.check_config(workdir, config.to_dict())
     done = workdir / "progress.json"
     if done.exists() and json.loads(done.read_text()).get("done"):
         logging.info("%s holds a finished run; nothing to do.", workdir)
         return json.loads((workdir / "result.json").read_text())
     r = _Run(config, workdir)
-    done_metrics = {m["iteration"] for m in _read_jsonl(workdir / "metrics.jsonl")}
+    done_metrics = {m["iteration"] for m in workdir_lib.read_jsonl(workdir / "metrics.jsonl")}
     iterations = config.search.iterations
     for it in range(iterations):
         if it in done_metrics:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import finetune as finetune_configs
-from nat_jax import data, deployment, export, finetune, latency, layers
+from nat_jax import data, deployment, export, finetune, latency, layers, workdir
 from nat_jax import search_space as ss
 from nat_jax import supernet
 from nat_jax.archive import Archive
@@ -59,10 +59,10 @@ def finetuned(transfer_dir, tiny_cfg, tmp_path_factory):
 
 
 def test_pick_resolves_archive_entry(transfer_dir):
-    assert finetune.pick_arch(str(transfer_dir), 0, SPACE) == ARCH
+    assert workdir.pick_arch(str(transfer_dir), 0, SPACE) == ARCH
     with pytest.raises(ValueError, match="out of range"):
-        finetune.pick_arch(str(transfer_dir), 5, SPACE)
-    assert deployment.resolve_supernet_dir(str(transfer_dir)).endswith("supernet")
+        workdir.pick_arch(str(transfer_dir), 5, SPACE)
+    assert workdir.resolve_supernet_dir(str(transfer_dir)).endswith("supernet")
 
 
 def test_recalibrate_bn_matches_batch_moments(transfer_dir):
