@@ -15,12 +15,16 @@ The archive holds `--archive` evaluated genotypes with a synthetic but
 realistic top-1 error (power law in MAdds plus per-gene effects). Printed:
 wall time per iteration (nat-jax after compilation; compile time separately),
 the ratio, and the hypervolume of both final populations under the *true*
-synthetic error (reference point: 1.05 x the archive's worst values).
+synthetic error (reference point: 1.05 x the archive's worst values). The
+CPU load average is printed before and after, since timings on a shared
+machine depend on it.
 
 Usage: python -m benchmarks.search_iteration [--archive=100] [--seed=0]
+  [--repeats=3] [--objectives=both|madds|madds,params]
 """
 
 import argparse
+import os
 import time
 
 import jax
@@ -123,13 +127,17 @@ def main():
     parser.add_argument("--archive", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--objectives", default="both",
+                        choices=("both", "madds", "madds,params"))
     args = parser.parse_args()
-    print(f"devices: {jax.devices()}")
+    sets = ((("madds",), ("madds", "params")) if args.objectives == "both"
+            else (tuple(args.objectives.split(",")),))
+    print(f"devices: {jax.devices()}; load average {_load()}")
     archive = np.unique(np.asarray(SPACE.sample(jax.random.key(args.seed),
                                                 args.archive + 20)), axis=0)
     archive = archive[: args.archive]
     errors = synthetic_error(archive)
-    for names in (("madds",), ("madds", "params")):
+    for names in sets:
         fn = ob.complexity_fn(SPACE, names)
         cfg = ev.SearchConfig()
         t0 = time.perf_counter()
@@ -139,8 +147,8 @@ def main():
         times = []
         for r in range(args.repeats):
             t0 = time.perf_counter()
-            res = ev.search(jax.random.key(2 + r), SPACE, archive, errors, fn, cfg)
-            jax.block_until_ready(res.candidates)
+            out = ev.search(jax.random.key(2 + r), SPACE, archive, errors, fn, cfg)
+            jax.block_until_ready(out.candidates)
             times.append(time.perf_counter() - t0)
         ours = min(times)
         t0 = time.perf_counter()
@@ -159,6 +167,11 @@ def main():
         print(f"  speed-up  : {theirs / ours:7.1f}x")
         print(f"  hypervolume (true error): nat-jax {hv['nat-jax']:.4g}, "
               f"reference {hv['reference']:.4g}, archive {hv['archive']:.4g}")
+    print(f"load average {_load()}")
+
+
+def _load() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ data's scale, so the member still interpolates distinct points.
 Ensemble (Algorithm 2): `n_members` (500) members, each fitted on a random
 subset of `sample_fraction` of the samples (without replacement) and of
 `feature_fraction` of the features; the prediction is the members' mean.
-Fit and predict are `jax.vmap`ped over members and jitted; the fitted
-ensemble is a pytree (`RBFParams`).
+The fit is `jax.vmap`ped over members and jitted; the fitted ensemble is a
+pytree (`RBFParams`). Prediction (`evaluator` + `evaluate`) runs over all
+members at once in cache-sized blocks of centres and skips the centres that
+only exist because of padding (see `evaluator`).
 
 Baselines: a single RBF on all samples and features (`RBF`), and a Gaussian
 process with an RBF kernel and fixed, median-heuristic length scale (`GP`).
@@ -52,13 +54,16 @@ class RBFParams:
     """Fitted cubic RBF members (leading axis = member).
 
     Members are stored over all d features with unused ones zeroed, so the
-    ensemble is evaluated with one large matrix product instead of M small
+    ensemble is evaluated with large matrix products instead of M small
     gathered ones (and the mean of the linear tails is one linear function).
 
     centers: float32[M, s, d] scaled training points, 0 on unused features;
+      only the first `n_active` of the s slots are real centres, the rest
+      is padding (static shapes) with weight 0;
     mask: float32[M, d] 1 on the member's features;
     weights: float32[M, s]; tail: float32[M, d + 1] (constant first, 0 on
-    unused features); scaler: Scaler.
+    unused features); scaler: Scaler;
+    n_active: int32 scalar, centres per member (same for every member).
     """
 
     centers: jax.Array
@@ -66,6 +71,7 @@ class RBFParams:
     weights: jax.Array
     tail: jax.Array
     scaler: Scaler
+    n_active: jax.Array
 
 
 def _check(X, y):
@@ -127,13 +133,7 @@ def fit_rbf(x: jax.Array, t: jax.Array, active: jax.Array | None = None,
     rhs = jnp.concatenate([jnp.where(active, t, 0.0), jnp.zeros((f + 1,))])
     sol = jnp.linalg.solve(a, rhs)
     sol = jnp.where(jnp.all(jnp.isfinite(sol)), sol, 0.0)
-    return sol[:s], sol[s:]
-
-
-def rbf_eval(x: jax.Array, centers: jax.Array, weights: jax.Array,
-             tail: jax.Array) -> jax.Array:
-    """Evaluate one RBF at scaled points x float32[n, f] -> float32[n]."""
-    return _cubic(x, centers) @ weights + tail[0] + x @ tail[1:]
+    return jnp.where(active, sol[:s], 0.0), sol[s:]
 
 
 def _scale_x(scaler: Scaler, X) -> jax.Array:
@@ -178,48 +178,90 @@ def fit_ensemble(key: jax.Array, X: jax.Array, y: jax.Array, valid: jax.Array,
         return centers, mask, w, tail_full
 
     centers, mask, w, tail = jax.vmap(member)(jax.random.split(key, n_members))
-    return RBFParams(centers, mask, w, tail, scaler)
+    return RBFParams(centers=centers, mask=mask, weights=w, tail=tail,
+                     scaler=scaler, n_active=n_use.astype(jnp.int32))
 
 
 _fit_ensemble_jit = jax.jit(fit_ensemble, static_argnames=(
     "n_members", "sample_fraction", "n_features"))
 
 
-class Evaluator(flax.struct.PyTreeNode):
-    """Ensemble flattened for fast evaluation (see `evaluator`).
+# Centres per evaluation block (all members together): the [n, block]
+# distance, cube and weight arrays of one block stay in the L2 cache.
+BLOCK_CENTERS = 1024
 
-    basis: float32[2d + 1, M * s]; weights: float32[M * s] (already / M);
-    tail: float32[d + 1] mean linear tail; scaler: Scaler.
+
+class Evaluator(flax.struct.PyTreeNode):
+    """Ensemble laid out for blocked evaluation (see `evaluator`).
+
+    With M members, k = max(1, min(s, BLOCK_CENTERS // M)) centre slots per
+    member and block, and b = ceil(s / k) blocks:
+    centers: float32[b, d, M * k], -2 x the masked centres; column m * k + i
+      of block j is slot j * k + i of member m;
+    sq_norms: float32[b, M * k] squared norms of the masked centres;
+    weights: float32[b, M * k] member weights / M (0 on padding slots);
+    mask: float32[M, d]; tail: float32[d + 1] mean linear tail;
+    n_blocks: int32 scalar, blocks holding active centres; scaler: Scaler.
     """
 
-    basis: jax.Array
+    centers: jax.Array
+    sq_norms: jax.Array
     weights: jax.Array
+    mask: jax.Array
     tail: jax.Array
+    n_blocks: jax.Array
     scaler: Scaler
 
 
 def evaluator(params: RBFParams) -> Evaluator:
-    """Precomputes the ensemble as one matrix product (hoist out of loops).
+    """Lays the ensemble out for `evaluate` (hoist it out of loops).
 
-    With masked centres, the squared distance of member m's centre i to x is
-    `(x*x) . mask_m - 2 x . c_mi + |c_mi|^2 = [x*x, x, 1] @ basis[:, (m, i)]`,
-    so all M * s distances come from one [n, 2d+1] x [2d+1, M*s] product.
+    With centre c_mi masked to member m's features, the squared distance of
+    x to it is `(x*x) . mask_m - 2 x . c_mi + |c_mi|^2`: the first term is
+    one [n, d] x [d, M] product shared by the member's centres, the second a
+    [n, d] x [d, M * k] product per block, the third a constant. Blocks hold
+    the same k slots of every member, so the blocks past the active centres
+    (`n_active`, padding) are skipped at run time.
     """
     m, s, d = params.centers.shape
-    c = params.centers.reshape(-1, d)
-    mask = jnp.repeat(params.mask, s, axis=0)
-    basis = jnp.concatenate([mask.T, -2.0 * c.T, jnp.sum(c * c, -1)[None]], 0)
-    return Evaluator(basis, params.weights.reshape(-1) / m, params.tail.mean(0),
-                     params.scaler)
+    k = max(1, min(s, BLOCK_CENTERS // m))
+    b = -(-s // k)
+    active = jnp.arange(b * k) < params.n_active
+    c = jnp.pad(params.centers, ((0, 0), (0, b * k - s), (0, 0)))
+    w = jnp.where(active, jnp.pad(params.weights, ((0, 0), (0, b * k - s))), 0.0)
+
+    def blocks(a):  # [M, b * k, ...] -> [b, ..., M * k]
+        a = a.reshape((m, b, k) + a.shape[2:])
+        a = jnp.moveaxis(a, (0, 2), (-2, -1))
+        return a.reshape(a.shape[:-2] + (m * k,))
+
+    return Evaluator(centers=blocks(-2.0 * c), sq_norms=blocks(jnp.sum(c * c, -1)),
+                     weights=blocks(w / m), mask=params.mask,
+                     tail=params.tail.mean(0),
+                     n_blocks=(params.n_active + k - 1) // k, scaler=params.scaler)
 
 
 def evaluate(ev: Evaluator, X: jax.Array) -> jax.Array:
-    """Ensemble mean prediction from an `Evaluator`, float32[n] (jittable)."""
+    """Ensemble mean prediction from an `Evaluator`, float32[n] (jittable).
+
+    Each member is `s(x) = sum_i w_i ||x - x_i||^3 + c_0 + c^T x` on its own
+    features (paper Sec. 3.3, Algorithm 2; module docstring); the ensemble
+    is their mean. Blocks are summed separately (float32 partial sums of
+    M * k terms), which keeps the rounding error at ~1e-6 of the targets.
+    """
     xs = _scale_x(ev.scaler, X)
-    aug = jnp.concatenate([xs * xs, xs, jnp.ones((xs.shape[0], 1))], 1)
-    d2 = jnp.maximum(aug @ ev.basis, 0.0)
-    # An explicit multiply-and-sum runs ~2x faster than a matvec on XLA:CPU.
-    out = jnp.sum(d2 * jnp.sqrt(d2) * ev.weights, axis=-1)
+    m = ev.mask.shape[0]
+    k = ev.weights.shape[1] // m
+    x2 = jnp.repeat((xs * xs) @ ev.mask.T, k, axis=1)  # [n, M * k]
+
+    def block(j, acc):
+        d2 = jnp.maximum(xs @ ev.centers[j] + ev.sq_norms[j] + x2, 0.0)
+        # The cube as its own elementwise pass, then a matvec: measured ~3x
+        # faster on XLA:CPU than one fused multiply-and-sum.
+        return acc + (d2 * jnp.sqrt(d2)) @ ev.weights[j]
+
+    out = jax.lax.fori_loop(0, ev.n_blocks, block,
+                            jnp.zeros(xs.shape[0], jnp.float32))
     out = out + ev.tail[0] + xs @ ev.tail[1:]
     return out * ev.scaler.y_std + ev.scaler.y_mean
 
@@ -354,44 +396,3 @@ class GP:
         scaler, xs, alpha, ell2 = self.state
         out = _gp_predict(_scale_x(scaler, X), xs, alpha, ell2)
         return out * scaler.y_std + scaler.y_mean
-
-
-PREDICTORS = {"rbf_ensemble": RBFEnsemble, "rbf": RBF, "gp": GP}
-
-
-def get_predictor(name: str, **kwargs):
-    """A predictor by name; known: rbf_ensemble, rbf, gp."""
-    if name not in PREDICTORS:
-        raise ValueError(f"Unknown predictor {name!r}; known: {sorted(PREDICTORS)}.")
-    return PREDICTORS[name](**kwargs)
-
-
-# ------------------------------------------------------------ correlations
-def _rankdata(a: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share the mean rank), float64[n]."""
-    a = np.asarray(a, np.float64)
-    order = np.argsort(a, kind="stable")
-    ranks = np.empty(len(a))
-    ranks[order] = np.arange(len(a), dtype=np.float64)
-    _, inv, counts = np.unique(a, return_inverse=True, return_counts=True)
-    sums = np.bincount(inv, weights=ranks)
-    return sums[inv] / counts[inv]
-
-
-def spearman(a, b) -> float:
-    """Spearman's rho (Pearson on average ranks); nan for constant input."""
-    ra, rb = _rankdata(a), _rankdata(b)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
-    return float((ra * rb).sum() / den) if den > 0 else float("nan")
-
-
-def kendall(a, b) -> float:
-    """Kendall's tau-b (tie-corrected), O(n^2) numpy; nan for constant input."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    iu = np.triu_indices(len(a), k=1)
-    da = np.sign(a[:, None] - a[None, :])[iu]
-    db = np.sign(b[:, None] - b[None, :])[iu]
-    num = (da * db).sum()
-    den = np.sqrt((da != 0).sum() * (db != 0).sum())
-    return float(num / den) if den > 0 else float("nan")

@@ -3,9 +3,10 @@
 import jax
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import interpolate, stats
 
 from nat_jax import predictor as P
+from nat_jax import rank_stats
 from nat_jax import search_space as ss
 
 SPACE = ss.OFA_MBV3
@@ -30,16 +31,16 @@ def test_ensemble_recovers_rank_order(data):
     model = P.RBFEnsemble(n_members=500).fit(jax.random.key(1), X[:100], y[:100])
     pred = np.asarray(model.predict(X[100:]))
     assert pred.shape == (200,) and np.all(np.isfinite(pred))
-    rho = P.spearman(pred, y[100:])
+    rho = rank_stats.spearman(pred, y[100:])
     assert rho > 0.9, rho
-    assert P.kendall(pred, y[100:]) > 0.7
+    assert rank_stats.kendall(pred, y[100:]) > 0.7
 
 
 @pytest.mark.parametrize("cls", [P.RBF, P.GP])
 def test_baselines_learn(data, cls):
     X, y = data
     pred = np.asarray(cls().fit(jax.random.key(2), X[:100], y[:100]).predict(X[100:]))
-    assert P.spearman(pred, y[100:]) > 0.8
+    assert rank_stats.spearman(pred, y[100:]) > 0.8
 
 
 def test_single_rbf_interpolates(data):
@@ -52,8 +53,8 @@ def test_single_rbf_interpolates(data):
 def test_rank_correlations_match_scipy():
     rng = np.random.default_rng(3)
     a, b = rng.integers(0, 8, 60), rng.integers(0, 8, 60) + rng.random(60)
-    assert P.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
-    assert P.kendall(a, b) == pytest.approx(stats.kendalltau(a, b)[0], abs=1e-12)
+    assert rank_stats.spearman(a, b) == pytest.approx(stats.spearmanr(a, b)[0], abs=1e-12)
+    assert rank_stats.kendall(a, b) == pytest.approx(stats.kendalltau(a, b)[0], abs=1e-12)
 
 
 def test_robust_to_duplicates_tiny_sets_and_constant_targets(data):
@@ -72,13 +73,54 @@ def test_robust_to_duplicates_tiny_sets_and_constant_targets(data):
         small.predict(X[:2])
 
 
-def test_padding_does_not_change_the_fit(data):
+def _oracle_ensemble(params, X, y, Xq, n_active):
+    """Mean of SciPy cubic RBFs with linear tail (the authors' pySOT
+    `RBFInterpolant(CubicKernel, LinearTail)`, i.e. Algorithm 2's member) on
+    each member's rows and features, in float64. Rows are recovered by
+    matching the member's first `n_active` centres to the scaled data."""
+    X, Xq = np.asarray(X, np.float64), np.asarray(Xq, np.float64)
+    lo, span = X.min(0), X.max(0) - X.min(0)
+    scale = np.where(span > 0, 1.0 / np.where(span > 0, span, 1.0), 0.0)
+    xs, xq = (X - lo) * scale, (Xq - lo) * scale
+    preds = []
+    for mask, centers in zip(np.asarray(params.mask), np.asarray(params.centers)):
+        cols = np.flatnonzero(mask)
+        hit = np.all(np.abs(centers[:n_active, None, cols] - xs[None, :, cols]) < 1e-5,
+                     -1)
+        assert np.all(hit.sum(1) == 1), "each centre must be exactly one valid row"
+        rows = hit.argmax(1)
+        assert len(set(rows)) == n_active  # sampled without replacement
+        rbf = interpolate.RBFInterpolator(xs[rows][:, cols], y[rows],
+                                          kernel="cubic", degree=1)
+        preds.append(rbf(xq[:, cols]))
+    return np.mean(preds, 0)
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("block", [1024, 24, 6])
+def test_ensemble_matches_scipy_rbfs_and_ignores_padding(data, monkeypatch, block):
+    """40 valid rows + 24 invalid padding rows with wild targets; each of the
+    6 members must be the cubic RBF of ceil(0.7 * 40) = 28 valid rows and 16
+    features. Small `block` sizes split the members' centres into blocks of
+    4 (24 // 6) and 1 (6 // 6) slots, of which the padding-only ones are
+    skipped."""
     X, y = data
-    key = jax.random.key(4)
-    model = P.RBFEnsemble(n_members=8, sample_fraction=1.0)
-    a = model.fit(key, X[:40], y[:40]).predict(X[200:210])
-    Xp, yp, valid = P.pad_rows(X[:40], y[:40], 64)
-    params = P._fit_ensemble_jit(key, Xp, yp, valid, 8, 1.0, model.n_features(22))
-    b = P._predict_jit(params, X[200:210])
-    # Same members' features; with every valid row used the fits coincide.
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-3)
+    monkeypatch.setattr(P, "BLOCK_CENTERS", block)
+    Xp = np.concatenate([X[:40], X[100:124]])
+    yp = np.concatenate([y[:40], np.random.default_rng(5).normal(0, 100, 24)])
+    valid = np.arange(64) < 40
+    fit = jax.jit(P.fit_ensemble, static_argnums=(4, 5, 6))
+    params = fit(jax.random.key(4), Xp, yp.astype(np.float32), valid, 6, 0.7, 16)
+    pred = np.asarray(jax.jit(P.predict_ensemble)(params, X[200:230]))
+    want = _oracle_ensemble(params, X[:40], y[:40], X[200:230], 28)
+    np.testing.assert_allclose(pred, want, rtol=0, atol=1e-4)
+
+
+@pytest.mark.oracle
+def test_public_fit_and_predict_match_scipy_rbfs(data):
+    """`RBFEnsemble.fit` pads 50 rows to 64 itself (`pad_rows`)."""
+    X, y = data
+    model = P.RBFEnsemble(n_members=5).fit(jax.random.key(6), X[:50], y[:50])
+    want = _oracle_ensemble(model.params, X[:50], y[:50], X[250:280], 35)
+    np.testing.assert_allclose(np.asarray(model.predict(X[250:280])), want,
+                               rtol=0, atol=1e-4)
