@@ -31,7 +31,7 @@ def child(args):
     from nat_jax import evaluation as ev
     from nat_jax import search_space as ss
 
-    space = ss.SearchSpace.tiny() if args.space == "tiny" else ss.OFA_MBV3
+    space = ss.get_space(args.space)
     res = space.resolutions[args.res_index]
     model, variables = supernet.init_supernet(space, space.widths[0], 10,
                                               jax.random.key(0))

@@ -18,9 +18,8 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from nat_jax import data, pipeline
+from nat_jax import data, pipeline, supernet
 from nat_jax import search_space as ss
-from nat_jax import supernet
 
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 _STEPS = flags.DEFINE_integer("steps", 40, "Timed batches per setting.")

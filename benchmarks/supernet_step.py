@@ -35,10 +35,10 @@ import optax
 from absl import app, flags
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-import ofa_oracle  # noqa: E402
-
 from nat_jax import pretrained, supernet  # noqa: E402
 from nat_jax import search_space as ss  # noqa: E402
+
+import ofa_oracle  # noqa: E402
 
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per step.")
 _RES = flags.DEFINE_integer("resolution", 160, "Input resolution.")
@@ -109,7 +109,7 @@ def bench_torch(net, archs, x, y):
     net.train()
 
     def train_step(a):
-        net.set_active_subnet(**a.to_ofa())
+        net.set_active_subnet(**a.to_ofa(ss.OFA_MBV3))
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(xt), yt)
         loss.backward()
@@ -122,11 +122,11 @@ def bench_torch(net, archs, x, y):
     train = len(archs) * x.shape[0] / (time.perf_counter() - t)
     net.eval()
     with torch.no_grad():
-        net.set_active_subnet(**archs[0].to_ofa())
+        net.set_active_subnet(**archs[0].to_ofa(ss.OFA_MBV3))
         net(xt)
         t = time.perf_counter()
         for a in archs:
-            net.set_active_subnet(**a.to_ofa())
+            net.set_active_subnet(**a.to_ofa(ss.OFA_MBV3))
             net(xt)
     ev = len(archs) * x.shape[0] / (time.perf_counter() - t)
     return train, ev

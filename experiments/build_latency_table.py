@@ -11,8 +11,10 @@ resolution, head) is timed as its own jitted function; the table predicts a
 subnet's latency as a gather + sum. --num_check random subnets (plus the
 smallest and largest) are then measured whole, and the rank correlation
 (Spearman, Kendall) and mean relative error are printed and stored in the
-table under "check". Use the table as an objective with
-`nat_jax.latency.register_table(path)` (transfer: config.latency_table).
+table under "check" (a figure to read, not a pass/fail test). Use the table as
+an objective with `--config.latency_table=FILE` and `--objectives=...,latency`
+(in Python: `objectives.complexity_fn(space, names, custom={"latency":
+latency.table_fn(FILE, space)})`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import os
 from absl import app, flags
 
 from experiments import cli
+from nat_jax.search_space import SPACE_NAMES
 
-_SPACE = flags.DEFINE_enum("space", "ofa_mbv3", ["ofa_mbv3", "tiny"], "Search space.")
+_SPACE = flags.DEFINE_enum("space", "ofa_mbv3", list(SPACE_NAMES), "Search space.")
 _WIDTH = flags.DEFINE_list("width", None, "Width multipliers (default: all of the "
                            "space's).")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "Batch size the latency refers to.")
@@ -42,7 +45,6 @@ _NUM_CHECK = flags.DEFINE_integer("num_check", 10, "Random subnets to check the 
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the check subnets.")
 
 
-@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -56,7 +58,7 @@ def main(argv):
     from nat_jax import latency, reporting
     from nat_jax import search_space as ss
 
-    space = ss.OFA_MBV3 if _SPACE.value == "ofa_mbv3" else ss.SearchSpace.tiny()
+    space = ss.get_space(_SPACE.value)
     if _WIDTH.value:
         widths = tuple(float(w) for w in _WIDTH.value)
         for w in widths:
@@ -89,4 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,7 +16,7 @@ import jax
 from absl import app, flags
 
 from experiments import cli
-from nat_jax import pretrained, supernet
+from nat_jax import pretrained, search_space, supernet
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "OFA .pth file.")
 _WIDTH = flags.DEFINE_string("width", None, "Width multiplier: 1.0 or 1.2.")
@@ -30,14 +30,14 @@ def convert(path: str, width: float, output: str, num_classes: int | None = None
             seed: int = 0) -> dict:
     """Convert and save; returns a summary dict."""
     model, variables = pretrained.load_ofa_checkpoint(
-        path, width, num_classes, key=jax.random.key(seed))
+        path, width, num_classes, key=jax.random.key(seed),
+        space=search_space.OFA_MBV3)
     supernet.save_supernet(output, model, variables)
     n = sum(x.size for x in jax.tree.leaves(variables["params"]))
     return {"output": output, "width": width, "num_classes": model.num_classes,
             "params": int(n)}
 
 
-@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -56,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -8,7 +8,8 @@ Usage:
 --model_dir is a subnet directory (nat_jax.export.save_subnet) or a
 fine-tuning workdir (its model/). Writes model.stablehlo (and model.onnx) into
 --output (default: the subnet directory), reloads each artifact and checks
-that it reproduces the Flax logits on random inputs.
+that it reproduces the Flax logits on random inputs. --resolution sets the
+artifacts' input side (default: the subnet's own; any size the network runs).
 """
 
 from __future__ import annotations
@@ -26,16 +27,19 @@ _OUTPUT = flags.DEFINE_string("output", None, "Output directory (default: the "
 _BATCH = flags.DEFINE_integer("batch_size", None, "Fixed batch size (default: "
                               "symbolic).")
 _ONNX = flags.DEFINE_bool("onnx", False, "Also write model.onnx (needs jax2onnx).")
+_RESOLUTION = flags.DEFINE_integer("resolution", None, "Input side of the "
+                                   "artifacts (default: the subnet's resolution).")
 _PLATFORMS = flags.DEFINE_list("platforms", None, "StableHLO lowering platforms, "
                                "e.g. cpu,cuda (default: the current backend).")
 
 
-@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not _MODEL_DIR.value:
         raise ValueError("--model_dir is required.")
+    if _RESOLUTION.value is not None and _RESOLUTION.value < 1:
+        raise ValueError(f"--resolution must be >= 1, got {_RESOLUTION.value}.")
     import jax
     import numpy as np
 
@@ -46,7 +50,7 @@ def main(argv):
         d = os.path.join(d, "model")
     model, variables, _ = export.load_subnet(d)
     arch, _, _ = export.load_info(d)
-    r = arch.resolution
+    r = arch.resolution if _RESOLUTION.value is None else _RESOLUTION.value
     out = _OUTPUT.value or d
     x = np.random.default_rng(0).standard_normal((2 if _BATCH.value is None
                                                  else _BATCH.value, r, r, 3))
@@ -70,4 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -13,7 +13,11 @@ result.json["picks"][N]; --arch takes what experiments.describe takes (an
 encoding, a JSON gene list / net.subnet / net.config, or a file). The subnet
 is extracted with its weights, BN re-calibrated and evaluated, fine-tuned on
 train + val, evaluated on the test split and saved to WORKDIR/model (loadable
-with nat_jax.export.load_subnet). Rerunning the same command resumes.
+with nat_jax.export.load_subnet). The default WORKDIR is
+SUPERNET_DIR/finetune_pickN for --pick=N and SUPERNET_DIR/finetune_ENCODING
+for --arch (one folder per subnet). Rerunning the same command resumes or,
+once finished, prints the result again; a workdir that holds another subnet
+or config is refused.
 """
 
 from __future__ import annotations
@@ -23,21 +27,19 @@ import os
 import pathlib
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from experiments import cli
 
 _CONFIG_FILE = os.path.join(os.path.dirname(__file__), "configs", "finetune.py")
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", f"{_CONFIG_FILE}:tiny", "Config file[:variant] (tiny or paper).",
-    lock_config=True)
+_CONFIG = cli.define_config(f"{_CONFIG_FILE}:tiny",
+                            "Config file[:variant] (tiny or paper).")
 _SUPERNET_DIR = flags.DEFINE_string(
     "supernet_dir", None, "Transfer workdir, or a supernet checkpoint directory.")
 _ARCH = flags.DEFINE_string("arch", None, "Subnet: encoding, genes, JSON or file.")
 _PICK = flags.DEFINE_integer("pick", None, "Index into result.json['picks'].")
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Output dir (default SUPERNET_DIR/finetune_pickN or "
-    "SUPERNET_DIR/finetune_arch); rerunning resumes.")
+    "workdir", None, "Output dir (default SUPERNET_DIR/finetune_pickN, or "
+    "SUPERNET_DIR/finetune_ENCODING for --arch); rerunning resumes.")
 _DATASET = flags.DEFINE_string(
     "dataset", None, "Dataset (default: the transfer run's, else the embedded one).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared data directory.")
@@ -55,7 +57,6 @@ def transfer_dataset(supernet_dir: str) -> tuple[str | None, str | None]:
     return cfg.get("dataset"), cfg.get("data_dir") or None
 
 
-@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -66,6 +67,7 @@ def main(argv):
         raise ValueError("Give exactly one of --arch and --pick.")
     if not os.path.isdir(_SUPERNET_DIR.value):
         raise ValueError(f"--supernet_dir {_SUPERNET_DIR.value} does not exist.")
+    cli.quiet_library_logs()
     from nat_jax import checkpoint, data, finetune, search_space, workdir
 
     sdir = _SUPERNET_DIR.value
@@ -73,22 +75,16 @@ def main(argv):
     space = search_space.SearchSpace.from_json(meta.get("space", {}))
     if _PICK.value is not None:
         arch = workdir.pick_arch(sdir, _PICK.value, space)
-        name = f"finetune_pick{_PICK.value}"
     else:
-        text = _ARCH.value
-        if text.strip()[:1] not in "[{" and os.path.isfile(text):
-            text = pathlib.Path(text).read_text()
-        elif text.strip()[:1] not in "[{" and not text.strip().isdigit():
-            raise ValueError(f"--arch {text!r} is neither an encoding nor a file.")
-        arch = search_space.parse_arch(text, space)
-        name = "finetune_arch"
+        arch = search_space.load_arch(_ARCH.value, space)
     dataset, data_dir = transfer_dataset(sdir)
     dataset = _DATASET.value or dataset or data.EMBEDDED
     data_dir = _DATA_DIR.value or data_dir
     ds = data.load(dataset, data_dir=data_dir)
     c = _CONFIG.value
     cfg = finetune.make_config(c, len(ds.train) + len(ds.val))
-    workdir = _WORKDIR.value or os.path.join(sdir, name)
+    workdir = _WORKDIR.value or finetune.default_workdir(sdir, arch, space,
+                                                          _PICK.value)
     logging.info("Fine-tuning %s on %s in %s:\n%s", arch, dataset, workdir, cfg)
     res = finetune.run(cfg, workdir, sdir, arch, dataset, data_dir,
                        eval_batch_size=c.eval_batch_size,
@@ -100,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

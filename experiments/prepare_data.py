@@ -30,7 +30,6 @@ _CHECK = flags.DEFINE_bool(
     "an image folder); print split sizes and the split fingerprint.")
 
 
-@cli.one_line_errors
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -50,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -46,17 +46,17 @@ def active_param_mask(space: ss.SearchSpace, width: float, params: Any,
       ValueError: a block parameter this function does not know.
     """
     ks = sorted(space.kernels)
-    c_ins = space.block_in_channels(width)
     out = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
-    for b in range(space.num_blocks):
+    for slot in space.blocks(width):
+        b = slot.index
         name = f"block_{b + 1}"
         if name not in params:
             raise ValueError(f"Supernet params have no {name!r}; got "
                              f"{sorted(params)}.")
-        s, j = divmod(b, space.max_depth)
-        gate = jnp.asarray(True) if j < space.min_depth else j < arch["d"][s]
+        gate = (slot.position < arch["d"][slot.stage] if slot.skippable
+                else jnp.asarray(True))
         k, e = arch["ks"][b], arch["e"][b]
-        mids = [space.mid_channels(c_ins[b], x) for x in space.expands]
+        mids = [space.mid_channels(slot.c_in, x) for x in space.expands]
         mid = _pick(e, space.expands, mids)
         se = _pick(e, space.expands, [ss.make_divisible(m // 4, 8) for m in mids])
         out[name] = _block_mask(params[name], ks, k, mid, se, gate)
@@ -118,7 +118,8 @@ def _depthwise_mask(p: dict, ks: list[int], k, mid, gate) -> dict:
         if qname == "kernel":
             spatial = jnp.where(k == kmax, True, _centre(kmax, ks[-2])) if len(
                 ks) > 1 else jnp.ones((kmax, kmax), bool)
-            m = spatial[:, :, None, None] & _first(mid, v.shape[-1])
+            chans = _first(mid, v.shape[-1])[None, None, None, :]
+            m = spatial[:, :, None, None] & chans
             out[qname] = jnp.broadcast_to(m & gate, v.shape)
             continue
         i = next((i for i in range(len(ks) - 1)

@@ -9,9 +9,11 @@ NAT iterations and across a resume).
 
 The subnet is traced data (`{"ks", "e", "d"}` int32 arrays), so one compiled
 step serves every subnet of a resolution; the resolution gene picks the image
-size, so the genotype is sampled on the host first. Data parallelism is
-`jax.jit` over a 1-D `("data",)` mesh: the batch is sharded on "data", the
-train state replicated; BatchNorm statistics are those of the global batch.
+size, so the genotype is sampled on the host first. Loss, train state,
+sharded step and the non-finite guard are the shared `nat_jax.training`
+ones: `jax.jit` over a 1-D `("data",)` mesh, the batch sharded on "data",
+the train state replicated; BatchNorm statistics are those of the global
+batch.
 The same code runs on one CPU, several GPUs, a TPU slice, or several hosts
 after `jax.distributed.initialize()`.
 
@@ -28,29 +30,32 @@ import functools
 import inspect
 import math
 import time
-from typing import Any, Callable
+from typing import Callable
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from nat_jax import search_space as ss
-from nat_jax.sharding import data_mesh, replicate, shard_batch, to_host
-from nat_jax.active_weights import active_param_mask  # noqa: F401 (API)
+from nat_jax import sharding, training
+from nat_jax.active_weights import active_param_mask
 
 
 @dataclasses.dataclass(frozen=True)
 class AdaptConfig:
-    """Adaptation hyperparameters (defaults: NAT paper / OFA's training code).
+    """Adaptation hyperparameters.
+
+    Defaults are the NAT paper's (SGD, momentum 0.9, lr 0.01 annealed to
+    zero; section 4.4) and OFA's training code (Nesterov, weight decay,
+    label smoothing), the same values as the `paper` variant of
+    experiments/configs/transfer.py; runs build this from the config with
+    every field given.
 
     Attributes:
       lr: initial learning rate (paper: 0.01), cosine annealed to `lr_end`
         over `total_steps` (all epochs of all NAT iterations).
-      lr_end: final learning rate.
+      lr_end: final learning rate (paper: 0).
       momentum: SGD momentum.
       nesterov: Nesterov momentum (OFA's `train_ofa_net.py` uses it).
       weight_decay: L2 on conv/linear kernels and kernel-transform matrices
@@ -70,7 +75,7 @@ class AdaptConfig:
     weight_decay: float = 3e-5
     label_smoothing: float = 0.1
     floor: float = 0.01
-    checkpoint_every: int = 1000
+    checkpoint_every: int = 200
 
     def __post_init__(self):
         if not 0.0 <= self.floor <= 1.0:
@@ -149,7 +154,7 @@ def sample_from_distribution(key: jax.Array, probs: jax.Array,
     logits = jnp.log(jnp.asarray(probs, jnp.float32))
     genes = jax.random.categorical(key, logits, axis=-1,
                                    shape=(n, space.num_genes))
-    genes = jnp.clip(genes, space.lower_bounds, space.upper_bounds)
+    genes = jnp.clip(genes, space.lower_bounds[None, :], space.upper_bounds[None, :])
     return space.canonicalize(genes.astype(jnp.int32))
 
 
@@ -181,53 +186,25 @@ def fix_width(probs, space: ss.SearchSpace, width: float) -> np.ndarray:
 # ------------------------------------------------------------ training
 
 
-@flax.struct.dataclass
-class TrainState:
-    """Everything a resumed adaptation needs besides the data loader position.
-
-    Attributes:
-      params, batch_stats: supernet variables.
-      opt_state: {"momentum": pytree like params}.
-      step: int32 scalar, global step (drives the learning rate schedule).
-      key: uint32[2] raw PRNG key data; step s uses `fold_in(key, s)`.
-      total_steps: length of the cosine schedule (static).
-    """
-
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    step: jax.Array
-    key: jax.Array
-    total_steps: int = flax.struct.field(pytree_node=False, default=1)
-
-
 def create_train_state(model, variables: dict, config: AdaptConfig,
-                       total_steps: int, key: jax.Array | int = 0) -> TrainState:
-    """A fresh TrainState at step 0.
+                       total_steps: int, key: jax.Array | int = 0
+                       ) -> training.TrainState:
+    """A fresh `training.TrainState` at step 0 (no EMA).
 
     Args:
-      model: the `Supernet` (unused beyond validation, kept for symmetry).
+      model: the `Supernet` (checked to be one).
       variables: {"params", "batch_stats"} from `init_supernet`.
       config: AdaptConfig.
-      total_steps: schedule length: iterations x epochs x steps per epoch.
+      total_steps: cosine schedule length: iterations x epochs x steps per
+        epoch.
       key: PRNG key (typed or raw) or an int seed for subnet/dropout draws.
     """
-    del config
-    if int(total_steps) < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
     if not hasattr(model, "space"):
         raise ValueError("model must be a nat_jax.supernet.Supernet.")
-    if isinstance(key, int):
-        key = jax.random.PRNGKey(key)
-    elif jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    params = jax.tree.map(jnp.copy, variables["params"])  # adapt donates
-    return TrainState(
-        params=params,
-        batch_stats=jax.tree.map(jnp.copy, variables["batch_stats"]),
-        opt_state={"momentum": jax.tree.map(jnp.zeros_like, params)},
-        step=jnp.zeros((), jnp.int32), key=jnp.asarray(key, jnp.uint32),
-        total_steps=int(total_steps))
+    del config  # SGD's state is the momentum, zero at the start
+    momentum = jax.tree.map(jnp.zeros_like, variables["params"])
+    return training.TrainState.create(variables, {"momentum": momentum}, key,
+                                      total_steps=int(total_steps))
 
 
 def learning_rate(step, total_steps: int, config: AdaptConfig) -> jax.Array:
@@ -238,10 +215,29 @@ def learning_rate(step, total_steps: int, config: AdaptConfig) -> jax.Array:
 
 
 def masked_sgd(params, grads, momentum, mask, lr, config: AdaptConfig):
-    """PyTorch-style SGD (decay, momentum, Nesterov) on the `mask` entries only.
+    """PyTorch SGD restricted to a subnet's weights (OFA trains with it).
+
+    Per leaf p with gradient g and momentum buffer b (`torch.optim.SGD`):
+      g' = g + weight_decay * p   (only leaves with ndim >= 2: conv/linear
+                                   kernels and kernel transforms)
+      b' = momentum * b + g'
+      p' = p - lr * (g' + momentum * b')  (Nesterov), else p - lr * b'
+    where `mask` is True; elsewhere p and b stay exactly as they are (weights
+    the sampled subnet does not use keep their value and their momentum).
+
+    Kept as a plain function rather than an optax transformation: written
+    as optax updates (`p + (-lr * d)` via `optax.apply_updates`), XLA's
+    result differed from this one in the last bits, and runs are meant to
+    repeat earlier ones bit for bit.
+
+    Args:
+      params, grads, momentum: pytrees of the same structure.
+      mask: bool pytree like params (`active_param_mask`).
+      lr: scalar learning rate.
+      config: AdaptConfig (momentum, nesterov, weight_decay).
 
     Returns:
-      (new params, new momentum); unmasked entries of both are unchanged.
+      (new params, new momentum).
     """
     def leaf(p, g, buf, m):
         if p.ndim >= 2 and config.weight_decay:
@@ -259,17 +255,12 @@ def masked_sgd(params, grads, momentum, mask, lr, config: AdaptConfig):
 def loss_fn(model, params, batch_stats, batch, arch, dropout_key,
             label_smoothing: float):
     """Smoothed cross-entropy of subnet `arch`; aux = (logits, batch_stats)."""
-    logits, upd = model.apply(
-        {"params": params, "batch_stats": batch_stats}, batch["image"], arch,
-        train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-    targets = jax.nn.one_hot(batch["label"], logits.shape[-1])
-    targets = optax.smooth_labels(targets, label_smoothing)
-    loss = jnp.mean(optax.softmax_cross_entropy(logits, targets))
-    return loss, (logits, upd["batch_stats"])
+    return training.loss_fn(model, params, batch_stats, batch, dropout_key,
+                            label_smoothing, (arch,))
 
 
-def train_step(state: TrainState, batch: dict, arch: dict, *, model,
-               config: AdaptConfig) -> tuple[TrainState, dict]:
+def train_step(state: training.TrainState, batch: dict, arch: dict, *, model,
+               config: AdaptConfig) -> tuple[training.TrainState, dict]:
     """One SGD step of subnet `arch` on `batch` (pure; jit it, see `adapt`).
 
     Args:
@@ -283,8 +274,7 @@ def train_step(state: TrainState, batch: dict, arch: dict, *, model,
       (new state, {"loss", "top1" (batch accuracy, fraction), "lr",
       "grad_norm"}).
     """
-    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-    dropout_key = jax.random.fold_in(key, 1)
+    dropout_key = jax.random.fold_in(state.step_key(), 1)
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(
         functools.partial(loss_fn, model), has_aux=True)(
             state.params, state.batch_stats, batch, arch, dropout_key,
@@ -293,39 +283,38 @@ def train_step(state: TrainState, batch: dict, arch: dict, *, model,
     mask = active_param_mask(model.space, model.width, state.params, arch)
     params, momentum = masked_sgd(state.params, grads,
                                   state.opt_state["momentum"], mask, lr, config)
-    top1 = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    grad_norm = optax.tree.norm(grads)
     new = state.replace(params=params, batch_stats=batch_stats,
                         opt_state={"momentum": momentum}, step=state.step + 1)
-    return new, {"loss": loss, "top1": top1, "lr": lr, "grad_norm": grad_norm}
+    return new, {"loss": loss, "top1": training.top1(logits, batch["label"]),
+                 "lr": lr, "grad_norm": optax.tree.norm(grads)}
 
 
 @functools.lru_cache(maxsize=None)
 def jitted_train_step(model, config: AdaptConfig, mesh: jax.sharding.Mesh):
-    """`train_step` jitted over `mesh`: batch on "data", the rest replicated.
+    """`train_step` jitted over `mesh` (`training.jit_train_step`: batch on
+    "data", the rest replicated, state donated).
 
     One compile per resolution (image shape); the subnet is traced.
     """
-    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    fn = functools.partial(train_step, model=model, config=config)
-    return jax.jit(fn, in_shardings=(repl, data, repl),
-                   out_shardings=(repl, repl), donate_argnums=0)
+    return training.jit_train_step(
+        functools.partial(train_step, model=model, config=config), mesh)
 
 
-def adapt(state: TrainState, model, loader, probs, num_steps: int,
+def adapt(state: training.TrainState, model, loader, probs, num_steps: int,
           config: AdaptConfig, mesh: jax.sharding.Mesh | None = None,
           checkpointer=None, progress: Callable[[int, dict], None] | None = None
-          ) -> tuple[TrainState, dict]:
+          ) -> tuple[training.TrainState, dict]:
     """Algorithm 5: `num_steps` steps, each on one subnet drawn from `probs`.
 
     Per step (host side): the step's genotype (`sample_for_steps`, with the
     width gene pinned to the supernet's), the loader's batch at its
-    resolution, then the jitted step. The loss of step s is checked while
-    step s + 1 runs (and before every checkpoint): a non-finite loss raises.
+    resolution, then the jitted step. The loss and gradient norm of every
+    step are checked (`training.FiniteGuard`: step s while step s + 1 runs,
+    and before every checkpoint), so no non-finite state is saved.
 
     Args:
-      state: TrainState (e.g. `create_train_state` or restored); its
-        buffers are donated to the step (use the returned state).
+      state: `training.TrainState` (e.g. `create_train_state` or restored);
+        its buffers are donated to the step (use the returned state).
       model: the Supernet.
       loader: `nat_jax.pipeline.TrainLoader`-like: `.next(resolution)` gives
         {"image", "label"} numpy arrays (the global batch), `.state()`; if
@@ -333,7 +322,7 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
       probs: float[num_genes, V] from `gene_distribution`.
       num_steps: steps to run now.
       config: AdaptConfig.
-      mesh: ("data",) mesh (default `data_mesh()`).
+      mesh: ("data",) mesh (default `sharding.data_mesh()`).
       checkpointer: `nat_jax.checkpoint.TrainCheckpointer` or None; saves
         every `config.checkpoint_every` global steps and at the end.
       progress: called as progress(step, {"loss", "top1", "lr", "genes"})
@@ -345,41 +334,34 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
       (dispatch), "sync_s" (waiting for results), "wall_s".
 
     Raises:
-      RuntimeError: non-finite loss or gradient (names the step and the
-        genotype); the last checkpoint is not overwritten.
+      training.NonFiniteError (a RuntimeError): non-finite loss or gradient
+        norm; names the step, the genotype and the checkpoint that is kept.
     """
     space = model.space
-    mesh = data_mesh() if mesh is None else mesh
+    mesh = sharding.data_mesh() if mesh is None else mesh
     step_fn = jitted_train_step(model, config, mesh)
-    state = replicate(state, mesh)
-    start = int(to_host(state.step))
+    state = sharding.replicate(state, mesh)
+    start = int(sharding.to_host(state.step))
     probs = fix_width(probs, space, model.width)
     all_genes = np.asarray(sample_for_steps(
-        jax.random.wrap_key_data(to_host(state.key)), probs, space,
+        jax.random.wrap_key_data(sharding.to_host(state.key)), probs, space,
         np.arange(start, start + num_steps, dtype=np.int32)))
-    times = {"data_s": 0.0, "step_s": 0.0, "sync_s": 0.0}
+    times = {"data_s": 0.0, "step_s": 0.0}
     announce = "next_resolution" in inspect.signature(loader.next).parameters
-    losses, accs, pending = [], [], None
+    losses, accs = [], []
     n_images, t_start = 0, time.perf_counter()
 
-    def check(p):
-        step, genes, m = p
-        t = time.perf_counter()
-        m = jax.tree.map(to_host, m)
-        times["sync_s"] += time.perf_counter() - t
-        loss, gnorm = float(m["loss"]), float(m["grad_norm"])
-        if not (math.isfinite(loss) and math.isfinite(gnorm)):
-            raise RuntimeError(
-                f"Non-finite loss {loss} (gradient norm {gnorm}) at global "
-                f"step {step} on subnet "
-                f"genes={genes.tolist()} ({space.decode(genes)}); training "
-                "stopped, the last checkpoint was kept.")
-        losses.append(loss)
-        accs.append(float(m["top1"]))
+    def checked(step, m, genes):
+        losses.append(m["loss"])
+        accs.append(m["top1"])
         if progress is not None:
-            progress(step, {"loss": loss, "top1": float(m["top1"]),
-                            "lr": float(m["lr"]), "genes": genes})
+            progress(step, {"loss": m["loss"], "top1": m["top1"], "lr": m["lr"],
+                            "genes": genes})
 
+    guard = training.FiniteGuard(
+        lambda step, genes: (f" on subnet genes={genes.tolist()} "
+                             f"({space.decode(genes)})"),
+        checkpointer, checked)
     for i in range(num_steps):
         step, genes = start + i, all_genes[i]
         t = time.perf_counter()
@@ -389,25 +371,21 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
                 int(all_genes[i + 1][0])])
         else:
             batch = loader.next(res)
-        batch = shard_batch({"image": batch["image"], "label": batch["label"]},
-                            mesh)
+        batch = sharding.shard_batch(
+            {"image": batch["image"], "label": batch["label"]}, mesh)
         arch = space.genes_to_arrays(genes)
         t2 = time.perf_counter()
         times["data_s"] += t2 - t
         state, m = step_fn(state, batch, arch)
         times["step_s"] += time.perf_counter() - t2
         n_images += batch["label"].shape[0]
-        if pending is not None:
-            check(pending)
-        pending = (step, genes, m)
+        guard.push(step, m, genes)
         done = step + 1
         if checkpointer is not None and (done % config.checkpoint_every == 0
                                          or i == num_steps - 1):
-            check(pending)
-            pending = None
+            guard.flush()
             checkpointer.save(done, state, {"loader": loader.state()})
-    if pending is not None:
-        check(pending)
+    guard.flush()
     jax.block_until_ready(state)
     wall = time.perf_counter() - t_start
     metrics = {
@@ -416,6 +394,6 @@ def adapt(state: TrainState, model, loader, probs, num_steps: int,
         "last_loss": losses[-1] if losses else math.nan,
         "top1": 100.0 * float(np.mean(accs)) if accs else math.nan,
         "images_per_s": n_images / wall if wall > 0 else math.nan,
-        "wall_s": wall, **times,
+        "wall_s": wall, "sync_s": guard.sync_s, **times,
     }
     return state, metrics

@@ -114,7 +114,7 @@ class Archive:
             arch = self.space.decode(e.genes)
             rows.append({
                 "genes": list(e.genes),
-                "encoding": _maybe_encoding(arch, self.space),
+                "encoding": arch.to_encoding(self.space),
                 "resolution": arch.resolution,
                 "width": arch.width,
                 "ofa": arch.to_ofa(self.space),
@@ -160,13 +160,3 @@ class Archive:
             raise ValueError(f"Archive {path} is corrupt ({err.msg}); delete it to "
                              f"start over or restore it from a backup.") from None
         return cls.from_json(obj, space)
-
-
-def _maybe_encoding(arch: ss.Arch, space: ss.SearchSpace) -> str | None:
-    """NAT's 23-digit string where the arch is in the full OFA space."""
-    for sp in (ss.OFA_MBV3, space):
-        try:
-            return arch.to_encoding(sp)
-        except ValueError:
-            continue
-    return None

@@ -33,6 +33,17 @@ from PIL import Image
 
 ASSETS = os.path.join(os.path.dirname(__file__), "assets")
 EMBEDDED = "fashion_mnist_mini"
+# The embedded transfer target (handwritten digits: another task and domain
+# than the Fashion-MNIST source the shipped supernet was pre-trained on).
+EMBEDDED_TARGET = "mnist_mini"
+# The full Fashion-MNIST (60,000 + 10,000 images, MIT) as Debian's package
+# `dataset-fashion-mnist` installs it: four IDX files.
+FASHION_MNIST = "fashion_mnist"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "t-shirt_top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".webp", ".tif")
 # PIL modes without colour; every other mode (RGB, RGBA, P, CMYK, ...) is colour.
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
@@ -87,6 +98,8 @@ REGISTRY: dict[str, DatasetSpec] = {
     s.name: s
     for s in (
         DatasetSpec(EMBEDDED, "embedded", 10, paper_sizes=None),
+        DatasetSpec(EMBEDDED_TARGET, "embedded", 10, paper_sizes=None),
+        DatasetSpec(FASHION_MNIST, "idx", 10, folder=FASHION_MNIST_DIR),
         _tfds("imagenet2012", 1000, test=("validation",), sizes=(1281167, 50000)),
         _tfds("cifar10", 10, sizes=(50000, 10000)),
         _tfds("cifar100", 100, sizes=(50000, 10000)),
@@ -325,7 +338,9 @@ def load(
     """
     spec = get_spec(spec) if isinstance(spec, str) else spec
     if spec.kind == "embedded":
-        source, test, names, skipped = _load_embedded()
+        source, test, names, skipped = _load_embedded(spec.name)
+    elif spec.kind == "idx":
+        source, test, names, skipped = _load_idx(spec)
     elif spec.kind == "tfds":
         source, test, names, skipped = _load_tfds(spec, data_dir or default_data_dir())
     elif spec.kind == "folder":
@@ -349,13 +364,45 @@ def load(
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _load_embedded():
-    with np.load(os.path.join(ASSETS, f"{EMBEDDED}.npz")) as d:
+@functools.lru_cache(maxsize=2)
+def _load_embedded(name: str = EMBEDDED):
+    with np.load(os.path.join(ASSETS, f"{name}.npz")) as d:
         train = ArraySource(d["train_images"], d["train_labels"])
         test = ArraySource(d["test_images"], d["test_labels"])
         names = [str(n) for n in d["class_names"]]
     return train, test, names, []
+
+
+def read_idx(path: str) -> np.ndarray:
+    """The uint8 array of a gzipped IDX file (MNIST's format), e.g. [N, 28, 28]."""
+    import gzip
+
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file; reinstall it.")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big")
+                  for i in range(ndim))
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_idx(spec: DatasetSpec):
+    """Fashion-MNIST's four IDX files (train 60,000, test 10,000, 28x28 grey)."""
+    root = spec.folder or FASHION_MNIST_DIR
+    files = {f"{split}_{part}": os.path.join(root, f"{prefix}-{part}-idx{n}-ubyte.gz")
+             for split, prefix in (("train", "train"), ("test", "t10k"))
+             for part, n in (("images", 3), ("labels", 1))}
+    missing = [p for p in files.values() if not os.path.isfile(p)]
+    if missing:
+        raise DataNotFoundError(
+            f"{spec.name}: {missing[0]} is missing; install it with: "
+            "apt-get install dataset-fashion-mnist")
+    a = {k: read_idx(p) for k, p in files.items()}
+    train = ArraySource(a["train_images"][..., None], a["train_labels"])
+    test = ArraySource(a["test_images"][..., None], a["test_labels"])
+    return train, test, list(FASHION_MNIST_CLASSES), []
 
 
 def _tfds_on_disk(name: str, data_dir: str) -> bool:

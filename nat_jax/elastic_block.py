@@ -112,8 +112,9 @@ class ElasticBlock(nn.Module):
             se_mask = layers.channel_mask(_select(e, self.expands, se_mids), se_max)
             wr, br, we, be = self._se_params(mid_max, se_max)
             s = jnp.mean(h, axis=(1, 2))
-            s = jnp.where(se_mask, jax.nn.relu(s @ wr[0, 0] + br), 0.0)
-            s = jax.nn.hard_sigmoid(s @ we[0, 0] + be)
+            s = jnp.where(se_mask[None, :],
+                          jax.nn.relu(s @ wr[0, 0] + br[None, :]), 0.0)
+            s = jax.nn.hard_sigmoid(s @ we[0, 0] + be[None, :])
             h = h * s[:, None, None, :]
         wp = self.param("project_kernel", layers.conv_init, (1, 1, mid_max, self.c_out))
         h = layers.pointwise(h, wp)
@@ -213,8 +214,9 @@ class ElasticBlock(nn.Module):
         h = act(bn(h, "depthwise_bn", m))
         if self.use_se:
             wr, br, we, be = p["se"]
-            s = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ wr[0, 0, :m, :se] + br[:se])
-            s = jax.nn.hard_sigmoid(s @ we[0, 0, :se, :m] + be[:m])
+            s = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ wr[0, 0, :m, :se]
+                            + br[None, :se])
+            s = jax.nn.hard_sigmoid(s @ we[0, 0, :se, :m] + be[None, :m])
             h = h * s[:, None, None, :]
         h = layers.pointwise(h, p["wp"][:, :, :m, :])
         h = bn(h, "project_bn", self.c_out)

@@ -1,5 +1,11 @@
 """Subnet evaluation: BN re-calibration, then exact top-1/top-5 on a split.
 
+The one evaluation path of nat-jax, for subnets of the masked supernet
+(`evaluate_subnets`, used by the search) and for extracted static subnets
+(`evaluate_static`, `recalibrate_static_bn`, used by fine-tuning and the
+model report): one BN re-calibration (`supernet.recalibrate_bn`) and one
+top-1/top-5 count kernel.
+
 OFA and NAT re-estimate a subnet's BatchNorm statistics before measuring it
 (`supernet.recalibrate_bn` on ~2000 augmented training images). Here the
 calibration images and their augmentation draws are fixed once
@@ -8,8 +14,10 @@ grouped by resolution so only one resolution's batches are held at a time.
 Evaluation batches are padded to a fixed size with a mask, so every example is
 counted exactly once; the counting step is jitted once per resolution over the
 ("data",) mesh of `sharding.data_mesh` (batch sharded, variables
-replicated). `subnets_per_call > 1` evaluates several subnets per compiled call
-(vmap over their BN statistics and arch arrays).
+replicated). One subnet per call runs the supernet in the exec mode of
+`supernet.for_single_subnet` ("switch" on CPU); `subnets_per_call > 1`
+evaluates several subnets per compiled call (vmap over their BN statistics
+and arch arrays, "masked").
 """
 
 from __future__ import annotations
@@ -17,18 +25,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from nat_jax import pipeline
+from nat_jax import pipeline, sharding, supernet
 from nat_jax import search_space as ss
-from nat_jax import sharding
-from nat_jax import supernet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +67,16 @@ class EvalConfig:
 
 
 def _counts(model, params, batch_stats, images, labels, mask, arch):
-    logits = model.apply({"params": params, "batch_stats": batch_stats},
-                         images, arch, train=False)
+    """int32[3] = [top-1 hits, top-5 hits, examples] of one masked batch.
+
+    The one count kernel: `arch` holds the masked supernet's arch arrays, or
+    is None for a static module applied as (images, train=False).
+    """
+    variables = {"params": params, "batch_stats": batch_stats}
+    if arch is None:
+        logits = model.apply(variables, images, train=False)
+    else:
+        logits = model.apply(variables, images, arch, train=False)
     k = min(5, logits.shape[-1])
     _, top = jax.lax.top_k(logits, k)
     hit = top == labels[:, None]
@@ -77,16 +89,28 @@ def _counts(model, params, batch_stats, images, labels, mask, arch):
 def jitted_counts(model, mesh: jax.sharding.Mesh, vmapped: bool):
     """Jitted (params, batch_stats, images, labels, mask, arch) -> int32[3].
 
-    Counts [top-1 hits, top-5 hits, examples] of one batch; with `vmapped`
-    the batch_stats and arch carry a leading subnet axis and the result is
-    int32[G, 3]. One compile per resolution (and G).
+    Counts [top-1 hits, top-5 hits, examples] of one batch; `arch` is the
+    supernet's arch arrays, or None for a static subnet module. With
+    `vmapped` the batch_stats and arch carry a leading subnet axis and the
+    result is int32[G, 3]. One compile per resolution (and G).
     """
-    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     fn = functools.partial(_counts, model)
     if vmapped:
         fn = jax.vmap(fn, in_axes=(None, 0, None, None, None, 0))
     return jax.jit(fn, in_shardings=(repl, repl, data, data, data, repl),
                    out_shardings=repl)
+
+
+def _sum_counts(fn, params, batch_stats, arch, batches) -> np.ndarray:
+    """Counts of `fn` summed over `batches` (dicts image/label/mask), on host."""
+    total = None
+    for b in batches:
+        c = fn(params, batch_stats, b["image"], b["label"], b["mask"], arch)
+        total = c if total is None else total + c
+    if total is None:
+        raise ValueError("The evaluation split is empty.")
+    return sharding.to_host(total)
 
 
 def _check_genes(space, model, genes_list) -> list[np.ndarray]:
@@ -108,8 +132,8 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
                      config: EvalConfig = EvalConfig(), *,
                      mesh: jax.sharding.Mesh | None = None,
                      progress: Callable[[int, int, dict], None] | None = None,
-                     calibration: pipeline.CalibrationSet | None = None
-                     ) -> list[dict]:
+                     calibration: pipeline.CalibrationSet | None = None,
+                     resolution: int | None = None) -> list[dict]:
     """Top-1/top-5 (percent) of each subnet after BN re-calibration.
 
     Args:
@@ -123,12 +147,17 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
       progress: called as progress(i, n, result) after subnet i (of n) is
         measured; subnets run grouped by resolution, not in list order.
       calibration: a prebuilt CalibrationSet to reuse across calls.
+      resolution: evaluate every subnet at this input side instead of its
+        genotype's resolution (any positive size, e.g. OFA's 160 px; the
+        search itself stays within `space.resolutions`).
 
     Returns:
       One dict per genotype, in order: {"top1", "top5" (percent), "n"
       (examples counted), "seconds" (re-calibration + evaluation)}.
     """
     genes = _check_genes(space, model, genes_list)
+    if resolution is not None:
+        resolution = supernet.check_resolution(resolution)
     mesh = sharding.data_mesh() if mesh is None else mesh
     ndev = mesh.size
     if config.batch_size % ndev:
@@ -145,8 +174,9 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
         by_res.setdefault(int(g[0]), []).append(i)
     results: list[dict | None] = [None] * len(genes)
     for r_idx, idx in by_res.items():
-        r = space.resolutions[r_idx]
-        calib = [_put_images(b["image"], mesh) for b in calibration.batches(r)]
+        r = space.resolutions[r_idx] if resolution is None else resolution
+        calib = [sharding.shard_or_replicate(b["image"], mesh)
+                 for b in calibration.batches(r)]
         eval_iter = _eval_cache(dataset_split, config, r, ndev, mesh)
         g_per = config.subnets_per_call
         for start in range(0, len(idx), g_per):
@@ -155,11 +185,12 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
             stats, archs = [], []
             for i in chunk:
                 arch = space.decode(genes[i])
-                new = supernet.recalibrate_bn(model, base, arch, calib)
+                new = supernet.recalibrate_bn(model, base, arch, calib,
+                                              resolution=r)
                 stats.append(new["batch_stats"])
                 archs.append(space.genes_to_arrays(genes[i]))
-            counts = _count_all(model, mesh, base["params"], stats, archs,
-                                eval_iter(), g_per)
+            counts = _count_subnets(model, mesh, base["params"], stats, archs,
+                                    eval_iter(), g_per)
             secs = (time.perf_counter() - t) / len(chunk)
             for i, c in zip(chunk, counts):
                 c1, c5, n = (int(v) for v in c)
@@ -169,14 +200,6 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
                 if progress is not None:
                     progress(i, len(genes), results[i])
     return results
-
-
-def _put_images(x, mesh):
-    """Shard a calibration batch on "data" when it splits evenly, else replicate."""
-    spec = P("data") if x.shape[0] % mesh.size == 0 else P()
-    if jax.process_count() > 1 and spec == P("data"):
-        return sharding.shard_batch({"x": x}, mesh)["x"]
-    return jax.device_put(np.asarray(x, np.float32), NamedSharding(mesh, spec))
 
 
 def _eval_cache(split, config: EvalConfig, resolution: int, ndev: int, mesh):
@@ -196,24 +219,77 @@ def _eval_cache(split, config: EvalConfig, resolution: int, ndev: int, mesh):
     return stream
 
 
-def _count_all(model, mesh, params, stats, archs, batches, g_per):
-    """Summed int counts [G, 3] over all batches, for G subnets."""
+def _count_subnets(model, mesh, params, stats, archs, batches, g_per):
+    """Summed int counts [G, 3] over all batches, for G supernet subnets."""
     if g_per == 1:
-        fn = jitted_counts(model, mesh, False)
-        total = None
-        for b in batches:
-            c = fn(params, stats[0], b["image"], b["label"], b["mask"], archs[0])
-            total = c if total is None else total + c
-        return [sharding.to_host(total)]
+        fn = jitted_counts(supernet.for_single_subnet(model), mesh, False)
+        return [_sum_counts(fn, params, stats[0], archs[0], batches)]
     n = len(stats)
     pad = g_per - n  # pad to a fixed G: one compile per resolution
     stats = stats + [stats[-1]] * pad
     archs = archs + [archs[-1]] * pad
     stacked = jax.tree.map(lambda *x: jnp.stack(x), *stats)
     arch = {k: np.stack([a[k] for a in archs]) for k in archs[0]}
-    fn = jitted_counts(model, mesh, True)
-    total = None
-    for b in batches:
-        c = fn(params, stacked, b["image"], b["label"], b["mask"], arch)
-        total = c if total is None else total + c
-    return list(sharding.to_host(total))[:n]
+    fn = jitted_counts(model, mesh, True)  # exec_mode None: "masked"
+    return list(_sum_counts(fn, params, stacked, arch, batches))[:n]
+
+
+# ------------------------------------------------------------ static subnets
+def _eval_clone(model):
+    """A static subnet without train-only settings (equal subnets share compiles)."""
+    fields = {f: 0.0 for f in ("dropout_rate", "drop_connect_rate")
+              if hasattr(model, f)}
+    return model.clone(**fields) if fields else model
+
+
+def recalibrate_static_bn(model, variables: Mapping, batches: Iterable) -> dict:
+    """OFA's BN re-calibration of a static subnet; returns new variables.
+
+    Running mean / variance of every BatchNorm become the batch-size-weighted
+    averages of the per-batch mean and BIASED variance over `batches` (image
+    arrays, (images, labels) tuples or {"image": ...} dicts), in eval mode
+    (no dropout): `supernet.recalibrate_bn` with arch=None, the same
+    accumulation and merge as for the masked supernet.
+
+    Args:
+      model: a static module whose BatchNorms are `layers.MaskedBatchNorm`
+        (e.g. `subnet.Subnet` from `subnet.extract_subnet`).
+      variables: its {"params", "batch_stats"}.
+    """
+    return supernet.recalibrate_bn(_eval_clone(model), dict(variables), None,
+                                   batches)
+
+
+def evaluate_static(model, variables: Mapping, split, resolution: int,
+                    batch_size: int = 256, mesh: jax.sharding.Mesh | None = None
+                    ) -> dict:
+    """Exact top-1/top-5 of a static subnet on `split` (every example once).
+
+    Args:
+      model, variables: a static module (e.g. `subnet.Subnet`) applied as
+        (images, train=False), and its {"params", "batch_stats"}.
+      split: `data.Split` to measure on.
+      resolution: input side (any positive size; a subnet's own is
+        `arch.resolution`).
+      batch_size: global batch; rounded down to a multiple of the device
+        count (at least one per device); the last batch is padded and masked.
+      mesh: ("data",) mesh (default `sharding.data_mesh()`).
+
+    Returns:
+      {"top1", "top5" (percent), "correct1", "correct5", "count" (examples)}.
+    """
+    resolution = supernet.check_resolution(resolution)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    mesh = sharding.data_mesh() if mesh is None else mesh
+    n_dev = mesh.size
+    batch_size = max(n_dev, batch_size // n_dev * n_dev)
+    v = sharding.replicate({"params": variables["params"],
+                            "batch_stats": variables["batch_stats"]}, mesh)
+    fn = jitted_counts(_eval_clone(model), mesh, False)
+    batches = (sharding.shard_batch(b, mesh) for b in pipeline.eval_batches(
+        split, batch_size, resolution, num_devices=n_dev))
+    c1, c5, n = (int(c) for c in _sum_counts(fn, v["params"], v["batch_stats"],
+                                              None, batches))
+    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "correct1": c1,
+            "correct5": c5, "count": n}

@@ -55,6 +55,8 @@ class SearchConfig:
       crossover_prob: probability that a parent pair is crossed.
       mutation_prob: per-gene mutation probability.
       mutation_eta: polynomial mutation distribution index.
+      mutation_variant: "paper" (Eq. 2 as printed) or "pymoo" (bounded PM),
+        see `operators.polynomial_mutation`.
       n_members: RBF ensemble size.
       sample_fraction, feature_fraction: subsets each member sees.
       n_candidates: K, subnets returned for evaluation.
@@ -66,6 +68,7 @@ class SearchConfig:
     crossover_prob: float = 0.9
     mutation_prob: float = 0.1
     mutation_eta: float = 1.0
+    mutation_variant: str = "paper"
     n_members: int = 500
     sample_fraction: float = 0.7
     feature_fraction: float = 0.7
@@ -201,7 +204,8 @@ def _search_core(key, archive_genes, archive_errors, archive_valid,
                                              config.crossover_prob)
         off = jnp.concatenate([c1, c2], axis=0)
         off = operators.polynomial_mutation(k_m, off, lo, hi, config.mutation_prob,
-                                            config.mutation_eta)
+                                            config.mutation_eta,
+                                            variant=config.mutation_variant)
         off = operators.repair(space, off)
         f = evaluate(off)
         dup = operators.duplicate_mask(off, genes)

@@ -14,8 +14,9 @@ A subnet directory (written by `save_subnet`) needs no supernet:
 `export_stablehlo` serialises the jitted eval-mode forward with `jax.export`
 (weights embedded as constants, batch dimension symbolic by default);
 `load_stablehlo` deserialises it into a callable that needs only jax.
-`export_onnx` writes ONNX through the optional `jax2onnx` package (see README,
-"Deployment", for how to install it); `run_onnx` runs it with onnxruntime.
+`export_onnx` writes ONNX through the optional `jax2onnx` package
+(requirements-onnx.txt; README, "Deployment"); `run_onnx` runs it with
+onnxruntime. A missing module of that extra is named in the error.
 TFLite is not produced (it needs TensorFlow, which is not installed here).
 """
 
@@ -188,9 +189,19 @@ def load_stablehlo(path: str) -> Callable[[jax.Array], jax.Array]:
 
 # ----------------------------------------------------------------------- ONNX
 ONNX_FILE = "model.onnx"
-ONNX_INSTALL = ("pip install --no-deps jax2onnx==0.17.1 onnx==1.23.2 onnx-ir==1.1.0 "
-                "onnxruntime==1.32.0 (--no-deps: jax2onnx pins an older "
-                "orbax-checkpoint than nat-jax uses; the converter does not need it)")
+ONNX_INSTALL = ("pip install --no-deps -r requirements-onnx.txt, i.e. pip install "
+                "--no-deps jax2onnx==0.17.1 onnx==1.23.2 onnx-ir==1.1.0 "
+                "onnxruntime==1.32.0 sympy==1.14.0 mpmath==1.3.0 (--no-deps: "
+                "jax2onnx pins an older orbax-checkpoint than nat-jax uses; the "
+                "converter does not need it)")
+
+
+def _onnx_import_error(what: str, err: ImportError) -> ValueError:
+    """A one-line error naming the module that failed to import."""
+    name = getattr(err, "name", None) or "?"
+    return ValueError(f"{what} needs the Python module {name!r}, which did not "
+                      f"import ({type(err).__name__}: {err}); install the ONNX "
+                      f"extra: {ONNX_INSTALL}.")
 
 
 def export_onnx(model: subnet_lib.Subnet, variables: Mapping, resolution: int,
@@ -205,8 +216,8 @@ def export_onnx(model: subnet_lib.Subnet, variables: Mapping, resolution: int,
     """
     try:
         from jax2onnx import to_onnx
-    except ImportError:
-        raise ValueError(f"ONNX export needs jax2onnx: {ONNX_INSTALL}.") from None
+    except ImportError as err:
+        raise _onnx_import_error("ONNX export", err) from None
     model = model.clone(depthwise_impl="conv")
     variables = {"params": variables["params"],
                  "batch_stats": variables["batch_stats"]}
@@ -225,8 +236,8 @@ def run_onnx(path: str, images: np.ndarray) -> np.ndarray:
     """Logits of an exported ONNX model with onnxruntime (CPU)."""
     try:
         import onnxruntime as ort
-    except ImportError:
-        raise ValueError(f"Running ONNX needs onnxruntime: {ONNX_INSTALL}.") from None
+    except ImportError as err:
+        raise _onnx_import_error("Running ONNX", err) from None
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return sess.run(None, {name: np.asarray(images, np.float32)})[0]

@@ -1,7 +1,7 @@
 """Fine-tune an extracted subnet on the full training split (NAT section 4.3).
 
-    model, variables, arch, space = inherit(supernet_dir, arch)  # weights
-    result = run(config, workdir, supernet_dir, arch, dataset)     # resumable
+    subnet, variables, net_config, space = inherit(supernet_dir, arch)
+    result = run(config, workdir, supernet_dir, arch, dataset)   # resumable
 
 Recipe (paper 4.3, EfficientNet-style): RMSProp (decay 0.9, momentum 0.9,
 eps 1e-3 inside the square root, TF's accumulator start of 1), weight decay
@@ -14,11 +14,15 @@ pipeline, label smoothing 0.1 and an exponential moving average of weights
 and BN statistics (TF's `min(decay, (1 + t) / (10 + t))` warm-up) that is
 evaluated and exported.
 
-Data parallel: `jax.jit` over a 1-D ("data",) mesh of all devices; the batch
-is sharded on "data" (BN statistics cover the global batch), the state is
-replicated. Resumable: the train state is saved with orbax every
-`checkpoint_every` steps; the batch of step t depends only on (seed, t), so a
-resumed run sees the same data as an uninterrupted one.
+Training uses the shared toolkit (`nat_jax.training`): its loss,
+`TrainState`, the sharded jit over a 1-D ("data",) mesh (batch sharded on
+"data", BN statistics of the global batch, state replicated) and the
+non-finite guard on every step. Resumable: the state is saved with
+`checkpoint.TrainCheckpointer` every `checkpoint_every` steps (a damaged
+newest checkpoint falls back to the one before); the batch of step t depends
+only on (seed, t), so a resumed run sees the same data as an uninterrupted
+one. A workdir holds one run: a rerun with another subnet or config is
+refused (`default_workdir` names a folder per subnet).
 
 The subnet's BatchNorm layers update running statistics with PyTorch momentum
 0.1 (`nat_jax.layers`); the train step rescales that update to `bn_momentum`:
@@ -31,59 +35,84 @@ import concurrent.futures as cf
 import dataclasses
 import functools
 import json
-import math
 import os
 import pathlib
 import time
 from typing import Any, Mapping
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from nat_jax import augment as aug
-from nat_jax import data, deployment, export, layers, pipeline
+from nat_jax import (
+    checkpoint,
+    data,
+    evaluation,
+    export,
+    layers,
+    pipeline,
+    sharding,
+    training,
+)
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
 from nat_jax import supernet as supernet_lib
-from nat_jax import sharding
 from nat_jax import workdir as workdir_lib
 from nat_jax.randaugment import RandAugment
 
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig:
-    """Fine-tuning hyper-parameters (defaults: paper 4.3 / EfficientNet)."""
+    """Fine-tuning hyper-parameters (paper 4.3 / EfficientNet).
 
-    steps: int = 1000
+    Built from experiments/configs/finetune.py by `make_config` (every field
+    is a config field; `steps` and `warmup_steps` come from epochs there).
+    Defaults are those of the config's `paper` variant; `steps` and
+    `warmup_steps` depend on the dataset size and have none.
+
+    Attributes:
+      steps: training steps (cosine schedule length).
+      warmup_steps: linear warm-up steps from learning rate 0.
+      batch_size: global batch (a multiple of the device count).
+      lr: peak learning rate (EfficientNet's 0.016 per 256 images).
+      rmsprop_decay, rmsprop_eps, momentum: RMSProp (paper: 0.9, 1e-3, 0.9).
+      weight_decay: L2 on leaves with ndim >= 2 (paper: 1e-5).
+      bn_momentum: BatchNorm momentum, PyTorch convention (paper: TF 0.99).
+      dropout_rate, drop_connect_rate: paper 0.2 and 0.2.
+      label_smoothing: 0.1.
+      ema_decay: EMA of weights and BN statistics; 0 keeps no EMA.
+      randaug_ops, randaug_magnitude: RandAugment N and M (0..10).
+      checkpoint_every, log_every: steps.
+      seed: data order, augmentation and dropout.
+    """
+
+    steps: int
+    warmup_steps: int
     batch_size: int = 128
-    lr: float = 0.008                  # peak; EfficientNet's 0.016 per 256 images
-    warmup_steps: int = 0
+    lr: float = 0.008
     rmsprop_decay: float = 0.9
     rmsprop_eps: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-5
-    bn_momentum: float = 0.01          # PyTorch convention (TF: 0.99)
+    bn_momentum: float = 0.01
     dropout_rate: float = 0.2
     drop_connect_rate: float = 0.2
     label_smoothing: float = 0.1
-    ema_decay: float = 0.9999          # 0 disables the EMA
+    ema_decay: float = 0.9999
     randaug_ops: int = 2
     randaug_magnitude: float = 9.0
-    checkpoint_every: int = 500
-    log_every: int = 50
+    checkpoint_every: int = 1000
+    log_every: int = 100
     seed: int = 0
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps=},"
-                             f" {self.batch_size=}.")
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}.")
         if not 0.0 <= self.bn_momentum <= 1.0 or not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"Need bn_momentum in [0, 1] and ema_decay in [0, 1), "
                              f"got {self.bn_momentum=}, {self.ema_decay=}.")
@@ -93,21 +122,6 @@ class FinetuneConfig:
                                  f"{getattr(self, name)}.")
 
 
-@flax.struct.dataclass
-class TrainState:
-    step: jax.Array
-    params: Any
-    batch_stats: Any
-    opt_state: Any
-    ema_params: Any
-    ema_batch_stats: Any
-
-    def variables(self, ema: bool = True) -> dict:
-        if ema:
-            return {"params": self.ema_params, "batch_stats": self.ema_batch_stats}
-        return {"params": self.params, "batch_stats": self.batch_stats}
-
-
 # ------------------------------------------------------------------- inherit
 def inherit(supernet_dir: str, arch: ss.Arch, depthwise_impl: str | None = None
             ) -> tuple[subnet_lib.Subnet, dict, dict, ss.SearchSpace]:
@@ -115,7 +129,8 @@ def inherit(supernet_dir: str, arch: ss.Arch, depthwise_impl: str | None = None
 
     Args:
       supernet_dir: a `supernet.save_supernet` dir or a transfer workdir.
-      arch: the subnet; its width must be the supernet's.
+      arch: the subnet; it must fit the supernet's space and width.
+      depthwise_impl: overrides the supernet's depthwise implementation.
     """
     sdir = workdir_lib.resolve_supernet_dir(supernet_dir)
     model, variables = supernet_lib.load_supernet(sdir)
@@ -166,146 +181,160 @@ class AugmentedLoader:
 
 
 # -------------------------------------------------------------------- train
+def _schedule(cfg: FinetuneConfig) -> optax.Schedule:
+    """Linear warm-up from 0 to `lr`, then cosine to 0 at `steps`."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0, cfg.lr, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1))
+
+
 def _optimizer(cfg: FinetuneConfig) -> optax.GradientTransformation:
-    sched = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, max(cfg.warmup_steps, 0), max(cfg.steps, cfg.warmup_steps + 1))
     decay_mask = functools.partial(jax.tree.map, lambda p: p.ndim > 1)
     return optax.chain(
         optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
-        optax.rmsprop(sched, decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps,
+        optax.rmsprop(_schedule(cfg), decay=cfg.rmsprop_decay, eps=cfg.rmsprop_eps,
                       initial_scale=1.0, eps_in_sqrt=True, momentum=cfg.momentum))
 
 
-def create_state(variables: Mapping, cfg: FinetuneConfig) -> TrainState:
-    """A fresh state (the EMA starts at the given weights; own buffers, so the
-    jitted step may donate the state)."""
-    copy = functools.partial(jax.tree.map, lambda x: jnp.array(x, copy=True))
-    params, stats = copy(variables["params"]), copy(variables["batch_stats"])
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=stats, opt_state=_optimizer(cfg).init(params),
-                      ema_params=copy(params), ema_batch_stats=copy(stats))
+def create_state(variables: Mapping, cfg: FinetuneConfig) -> training.TrainState:
+    """A fresh `training.TrainState` (copies of `variables`; the EMA, kept
+    when `ema_decay` > 0, starts at them; dropout keys from `cfg.seed`)."""
+    return training.TrainState.create(
+        variables, _optimizer(cfg).init(variables["params"]), cfg.seed,
+        ema=cfg.ema_decay > 0, total_steps=cfg.steps)
 
 
-def train_step(state: TrainState, batch: dict, key: jax.Array, *,
+def train_step(state: training.TrainState, batch: dict, *,
                model: subnet_lib.Subnet, cfg: FinetuneConfig):
-    """One RMSProp step; returns (state, {"loss", "accuracy", "lr"})."""
-    key = jax.random.fold_in(key, state.step)
-    labels = jax.nn.one_hot(batch["label"], model.num_classes)
-    labels = optax.smooth_labels(labels, cfg.label_smoothing)
+    """One RMSProp step (pure; `jitted_train_step` jits it).
 
-    def loss_fn(params):
-        logits, upd = model.apply(
-            {"params": params, "batch_stats": state.batch_stats}, batch["image"],
-            train=True, rngs={"dropout": key}, mutable=["batch_stats"])
-        loss = optax.softmax_cross_entropy(logits, labels).mean()
-        return loss, (logits, upd["batch_stats"])
+    Args:
+      state: TrainState.
+      batch: {"image": float32[B, R, R, 3], "label": int32[B]}.
+      model: the Subnet with dropout/drop-connect rates set (static).
+      cfg: FinetuneConfig (static).
 
+    Returns:
+      (new state, {"loss", "accuracy" (batch, fraction), "lr", "grad_norm"}).
+    """
     (loss, (logits, new_stats)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params)
+        functools.partial(training.loss_fn, model), has_aux=True)(
+            state.params, state.batch_stats, batch, state.step_key(),
+            cfg.label_smoothing)
     scale = cfg.bn_momentum / layers.BN_MOMENTUM
     stats = jax.tree.map(lambda o, n: o + scale * (n - o), state.batch_stats,
                          new_stats)
-    tx = _optimizer(cfg)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates, opt_state = _optimizer(cfg).update(grads, state.opt_state,
+                                                state.params)
     params = optax.apply_updates(state.params, updates)
-    t = state.step.astype(jnp.float32)
-    d = jnp.minimum(cfg.ema_decay, (1.0 + t) / (10.0 + t))
-    ema = functools.partial(jax.tree.map, lambda e, p: d * e + (1.0 - d) * p)
-    new = TrainState(step=state.step + 1, params=params, batch_stats=stats,
-                     opt_state=opt_state, ema_params=ema(state.ema_params, params),
-                     ema_batch_stats=ema(state.ema_batch_stats, stats))
-    acc = (jnp.argmax(logits, -1) == batch["label"]).mean()
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, max(cfg.warmup_steps, 0),
-        max(cfg.steps, cfg.warmup_steps + 1))(state.step)
-    return new, {"loss": loss, "accuracy": acc, "lr": lr}
+    new = state.replace(step=state.step + 1, params=params, batch_stats=stats,
+                        opt_state=opt_state)
+    if state.ema_params is not None:
+        new = new.replace(
+            ema_params=training.update_ema(state.ema_params, params,
+                                           cfg.ema_decay, state.step),
+            ema_batch_stats=training.update_ema(state.ema_batch_stats, stats,
+                                                cfg.ema_decay, state.step))
+    return new, {"loss": loss, "accuracy": training.top1(logits, batch["label"]),
+                 "lr": _schedule(cfg)(state.step), "grad_norm": optax.tree.norm(grads)}
 
 
 @functools.lru_cache(maxsize=8)
 def jitted_train_step(model, cfg: FinetuneConfig, mesh: jax.sharding.Mesh):
-    """`train_step` jitted over `mesh` (batch on "data", the rest replicated)."""
-    repl, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(functools.partial(train_step, model=model, cfg=cfg),
-                   in_shardings=(repl, sharded, repl), out_shardings=(repl, repl),
-                   donate_argnums=0)
+    """`train_step` jitted over `mesh` (`training.jit_train_step`: batch on
+    "data", the rest replicated, state donated)."""
+    return training.jit_train_step(
+        functools.partial(train_step, model=model, cfg=cfg), mesh, num_inputs=0)
 
 
-def train(state: TrainState, model: subnet_lib.Subnet, loader: AugmentedLoader,
-          cfg: FinetuneConfig, ckpt_dir: str | None = None,
+def train(state: training.TrainState, model: subnet_lib.Subnet,
+          loader: AugmentedLoader, cfg: FinetuneConfig,
+          checkpointer: checkpoint.TrainCheckpointer | None = None,
           mesh: jax.sharding.Mesh | None = None, metrics_path: str | None = None,
-          until: int | None = None) -> TrainState:
-    """Runs from `state.step` to `until` (default `cfg.steps`), checkpointing
-    every `cfg.checkpoint_every` steps and at the end to `ckpt_dir`."""
+          until: int | None = None) -> training.TrainState:
+    """Runs from `state.step` to `until` (default `cfg.steps`).
+
+    Every step's loss and gradient norm are checked (`training.FiniteGuard`,
+    one step late and before each save); every `cfg.log_every` steps and at
+    the end a line is logged and appended to `metrics_path`; the state is
+    saved to `checkpointer` every `cfg.checkpoint_every` steps and at the end.
+
+    Raises:
+      training.NonFiniteError: names the step and the checkpoint kept.
+    """
     end = cfg.steps if until is None else min(int(until), cfg.steps)
     mesh = mesh or sharding.data_mesh()
     step_fn = jitted_train_step(model, cfg, mesh)
     state = sharding.replicate(state, mesh)
-    key = jax.random.key(cfg.seed)
-    mngr = _manager(ckpt_dir) if ckpt_dir else None
-    start, t0, last = int(state.step), time.time(), {}
+    start, t0 = int(sharding.to_host(state.step)), time.time()
     logging.info("Fine-tuning steps %d..%d of %d (compiling the train step "
                  "first).", start, end, cfg.steps)
+
+    def log(step, m, _):
+        done = step + 1
+        if done % cfg.log_every and done != cfg.steps:
+            return
+        row = dict(m, step=done, elapsed_s=time.time() - t0)
+        logging.info("step %d: loss %.4f acc %.3f lr %.5f", done, m["loss"],
+                     m["accuracy"], m["lr"])
+        if metrics_path:
+            workdir_lib.append_jsonl(metrics_path, row)
+
+    guard = training.FiniteGuard(lambda step, _: " of fine-tuning", checkpointer,
+                                 log)
     for s, batch in loader.iterate(start, end):
-        state, m = step_fn(state, sharding.shard_batch(batch, mesh), key)
+        state, m = step_fn(state, sharding.shard_batch(batch, mesh))
+        guard.push(s, m)
         done = s + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            last = {k: float(v) for k, v in m.items()}
-            if not math.isfinite(last["loss"]):
-                raise RuntimeError(f"Non-finite loss at fine-tuning step {done}.")
-            last.update(step=done, elapsed_s=time.time() - t0)
-            logging.info("step %d: loss %.4f acc %.3f lr %.5f", done, last["loss"],
-                         last["accuracy"], last["lr"])
-            if metrics_path:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(last) + "\n")
-        if mngr and (done % cfg.checkpoint_every == 0 or done == end):
-            host = jax.device_get(state)  # numpy: fast, sharding-free files
-            mngr.save(done, args=ocp.args.StandardSave(host), force=True)
-            mngr.wait_until_finished()
-    if mngr:
-        mngr.close()
+        if checkpointer and (done % cfg.checkpoint_every == 0 or done == end):
+            guard.flush()
+            # numpy copies: fast, sharding-free files
+            checkpointer.save(done, jax.device_get(state), {"step": done})
+    guard.flush()
     return state
 
 
-def _manager(directory: str) -> ocp.CheckpointManager:
-    opts = ocp.CheckpointManagerOptions(max_to_keep=2, create=True,
-                                        enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=opts)
-
-
-def restore_latest(state: TrainState, ckpt_dir: str) -> TrainState:
-    """`state` from the newest checkpoint under `ckpt_dir`, else unchanged."""
-    if not os.path.isdir(ckpt_dir):
-        return state
-    with _manager(ckpt_dir) as mngr:
-        step = mngr.latest_step()
-        if step is None:
-            return state
-        logging.info("Resuming fine-tuning from step %d.", step)
-        host = jax.device_get(state)
-        return mngr.restore(step, args=ocp.args.StandardRestore(host))
-
-
 # ----------------------------------------------------------------------- run
+RUN_FILE = "finetune.json"
+
+
+def default_workdir(supernet_dir: str, arch: ss.Arch, space: ss.SearchSpace,
+                    pick: int | None = None) -> str:
+    """SUPERNET_DIR/finetune_pickN for `--pick=N`, else a folder named from
+    the subnet's printed form (`Arch.to_encoding`), so two subnets never share
+    a workdir."""
+    name = (f"finetune_pick{pick}" if pick is not None
+            else f"finetune_{arch.to_encoding(space)}")
+    return os.path.join(supernet_dir, name)
+
+
 def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
         dataset: str, data_dir: str | None = None, eval_batch_size: int = 256,
         calib_images: int = 2000) -> dict:
     """Extract, re-calibrate, evaluate, fine-tune, evaluate, export (resumable).
 
-    Writes WORKDIR/{finetune.json (config + arch), ckpt/, metrics.jsonl,
-    result.json, model/ (export.save_subnet of the EMA weights, or the raw
-    ones when ema_decay is 0)}. Rerunning continues from the last checkpoint;
-    a finished workdir returns its result.json.
+    Writes WORKDIR/{finetune.json (config, subnet, supernet, dataset), ckpt/,
+    metrics.jsonl, result.json, model/ (export.save_subnet of the EMA
+    weights, or the raw ones when ema_decay is 0)}. Rerunning continues
+    from the newest intact checkpoint; a finished workdir returns its
+    result.json, but only to the same run: another subnet or config is
+    refused before anything is written or trained. Everything is validated
+    before finetune.json is first written.
 
     Returns:
       {"before": eval dict, "after": eval dict, "after_raw": ..., ...}.
+
+    Raises:
+      ValueError: the workdir holds another run, or bad data/subnet/config.
+      training.NonFiniteError: a non-finite loss or gradient.
     """
     wd = pathlib.Path(workdir)
-    if (wd / "result.json").is_file() and export.is_subnet_dir(str(wd / "model")):
-        return json.loads((wd / "result.json").read_text())
     run_info = {"config": dataclasses.asdict(cfg), "arch": dataclasses.asdict(arch),
-                "supernet_dir": os.path.abspath(supernet_dir), "dataset": dataset}
-    workdir_lib.check_config(wd, run_info, "finetune.json", "fine-tuning run")
+                "supernet_dir": os.path.abspath(supernet_dir), "dataset": dataset,
+                "calib_images": int(calib_images)}
+    if (wd / RUN_FILE).exists():  # refuse another run before any work
+        workdir_lib.check_config(wd, run_info, RUN_FILE, "fine-tuning run")
+        if (wd / "result.json").is_file() and export.is_subnet_dir(str(wd / "model")):
+            return json.loads((wd / "result.json").read_text())
     ds = data.load(dataset, data_dir=data_dir)
     sub, variables, net_cfg, space = inherit(supernet_dir, arch)
     if sub.num_classes != ds.num_classes:
@@ -314,39 +343,47 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
                          f"transfer run on the same dataset.")
     if ds.test is None:
         raise ValueError(f"{dataset} has no test split to report accuracy on.")
+    mesh = sharding.data_mesh()
+    n_dev = mesh.devices.size
+    if cfg.batch_size % n_dev:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the "
+                         f"{n_dev} devices.")
+    workdir_lib.check_config(wd, run_info, RUN_FILE, "fine-tuning run")
     sub = sub.clone(dropout_rate=cfg.dropout_rate,
                     drop_connect_rate=cfg.drop_connect_rate)
     train_split = data.full_train_split(ds)
     r = arch.resolution
-    mesh = sharding.data_mesh()
-    n_dev = mesh.devices.size
     calib_bs = max(n_dev, min(200, calib_images) // n_dev * n_dev)
-    variables = deployment.recalibrate_bn(sub, variables, pipeline.calibration_batches(
-        train_split, r, calib_images, calib_bs, seed=cfg.seed, num_devices=n_dev))
-    before = deployment.evaluate(sub, variables, ds.test, r, eval_batch_size, mesh)
+    calib = pipeline.calibration_batches(train_split, r, calib_images, calib_bs,
+                                         seed=cfg.seed, num_devices=n_dev)
+    variables = evaluation.recalibrate_static_bn(sub, variables, calib)
+    before = evaluation.evaluate_static(sub, variables, ds.test, r, eval_batch_size,
+                                        mesh)
     logging.info("Inherited weights (BN re-calibrated): test top-1 %.2f%%",
                  before["top1"])
-    if cfg.batch_size % n_dev:
-        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of the "
-                         f"{n_dev} devices.")
     loader = AugmentedLoader(train_split, cfg.batch_size, r, cfg.seed,
                              RandAugment(cfg.randaug_ops, cfg.randaug_magnitude),
                              num_devices=n_dev)
-    state = restore_latest(create_state(variables, cfg), str(wd / "ckpt"))
+    state = create_state(variables, cfg)
     t0 = time.time()
-    state = train(state, sub, loader, cfg, str(wd / "ckpt"), mesh,
-                  str(wd / "metrics.jsonl"))
+    with checkpoint.TrainCheckpointer(wd / "ckpt", max_to_keep=2) as ckpt:
+        if ckpt.latest_step() is not None:
+            state, _ = ckpt.restore(jax.device_get(state))
+            logging.info("Resuming fine-tuning from step %d.", int(state.step))
+        state = train(state, sub, loader, cfg, ckpt, mesh, str(wd / "metrics.jsonl"))
     train_s = time.time() - t0
     state = jax.device_get(state)
-    after_raw = deployment.evaluate(sub, state.variables(ema=False), ds.test, r,
-                                    eval_batch_size, mesh)
-    use_ema = cfg.ema_decay > 0
-    after = (deployment.evaluate(sub, state.variables(ema=True), ds.test, r,
-                                 eval_batch_size, mesh) if use_ema else after_raw)
+    use_ema = state.ema_params is not None
+    after_raw = evaluation.evaluate_static(sub, state.variables(ema=False), ds.test,
+                                           r, eval_batch_size, mesh)
+    after = (evaluation.evaluate_static(sub, state.variables(ema=True), ds.test, r,
+                                        eval_batch_size, mesh)
+             if use_ema else after_raw)
     result = {"dataset": dataset, "before": before, "after": after,
               "after_raw": after_raw, "ema": use_ema, "steps": cfg.steps,
               "train_seconds_this_run": train_s, "num_devices": n_dev,
-              "arch": dataclasses.asdict(arch), "net_subnet": arch.to_nat_subnet(space)}
+              "arch": dataclasses.asdict(arch), "encoding": arch.to_encoding(space),
+              "net_subnet": arch.to_nat_subnet(space)}
     export.save_subnet(str(wd / "model"), sub.clone(drop_connect_rate=0.0),
                        state.variables(ema=use_ema), net_cfg, arch, space,
                        extra={"dataset": dataset, "test_top1": after["top1"],
@@ -354,21 +391,32 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
                               "test_top1_before_finetune": before["top1"],
                               "finetune_steps": cfg.steps})
     result = json.loads(json.dumps(result))  # what a rerun reads back
-    (wd / "result.json").write_text(json.dumps(result, indent=1))
+    workdir_lib.write_json(wd / "result.json", result)
     return result
 
 
 def make_config(c: Mapping[str, Any], num_train: int) -> FinetuneConfig:
     """A FinetuneConfig from an experiments/configs/finetune.py dict.
 
-    `steps` > 0 wins; otherwise steps = epochs * (num_train // batch_size).
+    Every field comes from `c` (none from the dataclass defaults). `steps` > 0
+    wins; otherwise steps = epochs * (num_train // batch_size), and
+    warmup_steps = warmup_epochs * (num_train // batch_size).
     """
+    derived = {"steps", "warmup_steps"}
+    names = [f.name for f in dataclasses.fields(FinetuneConfig)]
+    missing = [n for n in names if n not in derived and n not in c]
+    missing += [n for n in ("epochs", "warmup_epochs") if n not in c]
+    if missing:
+        raise ValueError(f"The fine-tuning config lacks {', '.join(missing)}; start "
+                         f"from experiments/configs/finetune.py.")
+    if int(c["batch_size"]) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {c['batch_size']}.")
     per_epoch = max(1, num_train // int(c["batch_size"]))
     steps = int(c["steps"]) or int(round(float(c["epochs"]) * per_epoch))
     if steps < 1:
         raise ValueError(f"Fine-tuning needs steps > 0 or epochs > 0, got "
                          f"steps={c['steps']}, epochs={c['epochs']}.")
-    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
-    kw = {k: c[k] for k in c if k in fields and k != "steps"}
-    kw["warmup_steps"] = int(round(float(c.get("warmup_epochs", 0.0)) * per_epoch))
-    return FinetuneConfig(steps=steps, **kw)
+    kw = {n: c[n] for n in names if n not in derived}
+    return FinetuneConfig(
+        steps=steps,
+        warmup_steps=int(round(float(c["warmup_epochs"]) * per_epoch)), **kw)

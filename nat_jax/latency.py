@@ -14,10 +14,14 @@
   predicted latency is `fixed[res, width] + sum_b block[res, width, b, gene_b]`
   (gene 0 = skipped = 0 ms): the same gather + sum as
   `objectives.CostTables`, so it is exact to jit over a population.
-* `register_table(path)` makes "latency" (ms) an objective of
-  `objectives.complexity_fn`, hence of experiments.transfer / search.
-* `check_table(table, space, ...)`: Spearman / Kendall rank correlation and
-  mean relative error of the table against measured random subnets.
+  The layers are `subnet.Stem`, `subnet.Block` and `subnet.Head`, the
+  modules the extracted subnet itself runs, walked along `SearchSpace.blocks`.
+  `build_table(..., timer=, overhead_ms=)` takes a stand-in for the clock
+  (tests use a deterministic cost).
+* `table_fn(table, space)`: the jittable latency objective; pass it to
+  `objectives.complexity_fn(space, names, custom={"latency": fn})`.
+* `check_table(table, genes, ...)`: Spearman / Kendall rank correlation and
+  mean relative error of the table against measured subnets `genes`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nat_jax import layers, objectives
+from nat_jax import layers
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
 from nat_jax.rank_stats import kendall, spearman
@@ -110,65 +114,6 @@ def arch_latency(space: ss.SearchSpace, arch: ss.Arch, num_classes: int = 1000,
     return subnet_latency(model, v, r, batch_size, warmup, repeats)
 
 
-# ------------------------------------------------------------ layer modules
-class _Stem(nn.Module):
-    """First conv + BN + h_swish + static first block (as `subnet.Subnet`)."""
-
-    c0: int
-    c1: int
-    impl: str
-
-    @nn.compact
-    def __call__(self, x):
-        def bn(h, c, name):
-            return layers.MaskedBatchNorm(c, name=name)(h, jnp.ones((c,), bool))
-
-        x = layers.conv2d(x, self.param("w0", layers.conv_init, (3, 3, 3, self.c0)), 2)
-        x = jax.nn.hard_swish(bn(x, self.c0, "bn0"))
-        h = layers.depthwise_conv(
-            x, self.param("dw", layers.conv_init, (3, 3, 1, self.c0)), 1, self.impl)
-        h = jax.nn.relu(bn(h, self.c0, "bn1"))
-        h = layers.pointwise(h, self.param("pw", layers.conv_init,
-                                           (1, 1, self.c0, self.c1)))
-        h = bn(h, self.c1, "bn2")
-        return x + h if self.c0 == self.c1 else h
-
-
-class _Head(nn.Module):
-    """Final expand + BN + h_swish, pool, feature mix, classifier."""
-
-    c_in: int
-    final_expand: int
-    feature_mix: int
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, x):
-        x = layers.pointwise(x, self.param("fe", layers.conv_init,
-                                           (1, 1, self.c_in, self.final_expand)))
-        x = layers.MaskedBatchNorm(self.final_expand, name="bn")(
-            x, jnp.ones((self.final_expand,), bool))
-        x = jnp.mean(jax.nn.hard_swish(x), axis=(1, 2))
-        w = self.param("fm", layers.conv_init,
-                       (1, 1, self.final_expand, self.feature_mix))
-        x = jax.nn.hard_swish(x @ w[0, 0])
-        w = self.param("cls", layers.linear_init, (self.feature_mix, self.num_classes))
-        return x @ w + self.param("b", nn.initializers.zeros, (self.num_classes,))
-
-
-class _Block(nn.Module):
-    """One static block with its residual add (the subnet's own block code)."""
-
-    spec: subnet_lib.BlockSpec
-    impl: str
-
-    @nn.compact
-    def __call__(self, x):
-        block = subnet_lib._StaticBlock  # the subnet's own block (private there)
-        y = block(self.spec, self.impl, name="b")(x, "eval")
-        return x + y if self.spec.residual else y
-
-
 STATS = ("median", "min")
 
 
@@ -178,12 +123,21 @@ def _check_stat(stat: str) -> str:
     return f"{stat}_ms"
 
 
-def _time_module(module: nn.Module, shape: tuple[int, ...], warmup: int,
-                 repeats: int, stat: str) -> float:
+def time_module(module: nn.Module, shape: tuple[int, ...], warmup: int = 3,
+                repeats: int = 20, stat: str = "median") -> float:
+    """Measured ms of `module.apply(random variables, zeros float32[shape])`."""
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     v = random_variables(module, x)
     fn = jax.jit(lambda v, x: module.apply(v, x))
     return measure(fn, v, jnp.zeros(shape, jnp.float32), warmup=warmup,
+                   repeats=repeats)[_check_stat(stat)]
+
+
+def measure_overhead(batch_size: int, warmup: int = 3, repeats: int = 50,
+                     stat: str = "median") -> float:
+    """Measured ms of a trivial jitted call (the per-call dispatch overhead)."""
+    ident = jax.jit(lambda x: x[:1, :1, :1, :1] * 1.0)
+    return measure(ident, jnp.zeros((batch_size, 8, 8, 3)), warmup=warmup,
                    repeats=repeats)[_check_stat(stat)]
 
 
@@ -279,7 +233,9 @@ def build_table(space: ss.SearchSpace, batch_size: int = 1, num_classes: int = 1
                 resolutions: Sequence[int] | None = None, warmup: int = 3,
                 repeats: int = 20, depthwise_impl: str | None = None,
                 progress: Callable[[int, int], None] | None = None,
-                stat: str = "median") -> LatencyTable:
+                stat: str = "median",
+                timer: Callable[[nn.Module, tuple[int, ...]], float] | None = None,
+                overhead_ms: float | None = None) -> LatencyTable:
     """Times every distinct layer configuration of `space` on this backend.
 
     Args:
@@ -294,9 +250,15 @@ def build_table(space: ss.SearchSpace, batch_size: int = 1, num_classes: int = 1
       progress: called as progress(done, total) after each timed layer.
       stat: "median" of the repeats (default) or "min" (robust on a shared,
         noisy machine: contention only ever adds time).
+      timer: ms of one call of a layer module on float32[shape], including one
+        dispatch overhead (default: `time_module` with warmup, repeats, stat).
+      overhead_ms: the per-call overhead (default: `measure_overhead`).
     """
-    key_stat = _check_stat(stat)
+    _check_stat(stat)
     impl = depthwise_impl or layers.default_depthwise_impl()
+    if timer is None:
+        def timer(module, shape):
+            return time_module(module, shape, warmup, repeats, stat)
     timed = tuple(sorted(resolutions or space.resolutions))
     for r in timed:
         space.resolution_index(r)
@@ -304,15 +266,14 @@ def build_table(space: ss.SearchSpace, batch_size: int = 1, num_classes: int = 1
     fixed = np.full((n_res, n_w), np.nan)
     block = np.zeros((n_res, n_w, space.num_blocks, space.num_ops + 1))
     block[..., 1:] = np.nan
-    ident = jax.jit(lambda x: x[:1, :1, :1, :1] * 1.0)
-    overhead = measure(ident, jnp.zeros((batch_size, 8, 8, 3)), warmup=warmup,
-                       repeats=max(repeats, 50))[key_stat]
+    overhead = (measure_overhead(batch_size, warmup, max(repeats, 50), stat)
+                if overhead_ms is None else float(overhead_ms))
     jobs = _layer_jobs(space, timed, batch_size, num_classes, impl)
     cache: dict[Any, float] = {}
     uniq = {key for key, _, _, _ in jobs}
     for key, module, shape, _ in jobs:
         if key not in cache:
-            t = _time_module(module, shape, warmup, repeats, stat)
+            t = timer(module, shape)
             cache[key] = max(t - overhead, 0.0)
             if progress:
                 progress(len(cache), len(uniq))
@@ -334,34 +295,31 @@ def _layer_jobs(space, timed, batch_size, num_classes, impl):
     out = []
     for wi, width in enumerate(space.widths):
         ch = space.channels(width)
-        c_ins = space.block_in_channels(width)
+        slots = space.blocks(width)
         for r in timed:
             ri = space.resolution_index(r)
             f = (r - 1) // 2 + 1
-            stem = _Stem(ch.first, ch.first_block, impl)
+            stem = subnet_lib.Stem(ch.first, ch.first_block, impl)
             out.append((("stem", r, ch.first, ch.first_block), stem,
                         (batch_size, r, r, 3), [("fixed", ri, wi, 0, 0)]))
-            for s, c_out in enumerate(ch.stages):
-                stride = space.net.stage_strides[s]
-                f_out = (f - 1) // stride + 1
-                for j in range(space.max_depth):
-                    b = s * space.max_depth + j
-                    f_in = f if j == 0 else f_out
-                    for op in range(1, space.num_ops + 1):
-                        k = space.kernels[(op - 1) % len(space.kernels)]
-                        e = space.expands[(op - 1) // len(space.kernels)]
-                        st = stride if j == 0 else 1
-                        spec = subnet_lib.BlockSpec(
-                            c_ins[b], c_out, k, st, e, space.mid_channels(c_ins[b], e),
-                            space.net.stage_acts[s], space.net.stage_se[s],
-                            st == 1 and c_ins[b] == c_out)
-                        out.append((("block", spec, f_in), _Block(spec, impl),
-                                    (batch_size, f_in, f_in, c_ins[b]),
-                                    [("block", ri, wi, b, op)]))
-                f = f_out
-            head = _Head(ch.stages[-1], ch.final_expand, ch.feature_mix, num_classes)
-            out.append((("head", f, ch.stages[-1], width), head,
-                        (batch_size, f, f, ch.stages[-1]), [("fixed", ri, wi, 0, 0)]))
+            for slot in slots:
+                for op in range(1, space.num_ops + 1):
+                    k = space.kernels[(op - 1) % len(space.kernels)]
+                    e = space.expands[(op - 1) // len(space.kernels)]
+                    spec = subnet_lib.BlockSpec(
+                        slot.c_in, slot.c_out, k, slot.stride, e,
+                        space.mid_channels(slot.c_in, e), slot.act, slot.use_se,
+                        slot.stride == 1 and slot.c_in == slot.c_out)
+                    out.append((("block", spec, f),
+                                subnet_lib.Block(spec, impl),
+                                (batch_size, f, f, slot.c_in),
+                                [("block", ri, wi, slot.index, op)]))
+                f = (f - 1) // slot.stride + 1
+            c_last = ch.stages[-1]
+            head = subnet_lib.Head(c_last, ch.final_expand, ch.feature_mix,
+                                   num_classes)
+            out.append((("head", f, c_last, width), head,
+                        (batch_size, f, f, c_last), [("fixed", ri, wi, 0, 0)]))
     return out
 
 
@@ -409,10 +367,16 @@ def check_table(table: LatencyTable, genes: np.ndarray, warmup: int = 3,
                       "measured_ms": float(m)} for g, p, m in zip(genes, pred, meas)]}
 
 
-# ----------------------------------------------------------------- register
-def table_fn(table: LatencyTable, space: ss.SearchSpace) -> Callable:
-    """A jittable `genes int32[n, num_genes] -> float32[n]` latency (ms) of
-    `space`, which may pin a subset of the table's widths (as transfer does)."""
+# ---------------------------------------------------------------- objective
+def table_fn(table: LatencyTable | str | os.PathLike, space: ss.SearchSpace
+             ) -> Callable:
+    """The latency objective: a jittable `genes int32[n, num_genes] -> float32[n]`
+    (ms, minimised) of `space`, which may pin a subset of the table's widths
+    (as a run does). `table` is a `LatencyTable` or the path of its file. Use
+    it as `objectives.complexity_fn(space, names, custom={"latency": fn})`.
+    """
+    if isinstance(table, (str, os.PathLike)):
+        table = LatencyTable.load(os.fspath(table))
     ref = dataclasses.replace(space, widths=table.space.widths)
     if ref != table.space:
         raise ValueError("The latency table was built for another search space; "
@@ -426,21 +390,3 @@ def table_fn(table: LatencyTable, space: ss.SearchSpace) -> Callable:
     sub = dataclasses.replace(table, space=space, fixed=table.fixed[:, cols],
                               block=table.block[:, cols])
     return lambda genes: sub.predict(jnp.asarray(genes, jnp.int32), jnp)
-
-
-def register_table(table: LatencyTable | str, name: str = "latency"
-                   ) -> LatencyTable:
-    """Registers objective `name` (ms, minimised) from a table or its path.
-
-    After this, `objectives.complexity_fn(space, ["latency"])` and the entry
-    points' `--objectives=top1_error,latency` use the lookup table.
-    """
-    if isinstance(table, (str, os.PathLike)):
-        table = LatencyTable.load(os.fspath(table))
-
-    def factory(space: ss.SearchSpace, num_classes: int) -> Callable:
-        del num_classes  # the classifier's share of latency is negligible
-        return table_fn(table, space)
-
-    objectives.register(name, factory)
-    return table

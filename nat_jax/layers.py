@@ -4,11 +4,13 @@ Everything that selects a subnet is traced data: a kernel size, an active
 channel count or a block gate never changes a shape, so one compiled program
 serves every subnet of a resolution.
 
-* `masked_batch_norm`-style `MaskedBatchNorm`: PyTorch BatchNorm semantics
-  (eps 1e-5, momentum 0.1: `new = 0.9 old + 0.1 batch`, unbiased batch
-  variance in the running estimate, biased variance to normalise) where only
-  the channels in `mask` update their running statistics. Flax's
-  `BatchNorm(mask=...)` masks positions, not channels.
+* `MaskedBatchNorm` (on the pure `batch_norm`; `BatchNormState` holds the
+  same variables for pure branches): PyTorch BatchNorm semantics (eps 1e-5,
+  momentum 0.1: `new = 0.9 old + 0.1 batch`, unbiased batch variance in the
+  running estimate, biased variance to normalise) where only the channels in
+  `mask` update their running statistics; mode "collect" records batch
+  statistics for OFA-style re-calibration. Flax's `BatchNorm(mask=...)` masks
+  positions, not channels.
 * `ElasticDepthwise`: OFA's kernel transform (7x7 raw, 5x5 = M_7to5 @ centre
   of the 7x7, 3x3 = M_5to3 @ centre of the transformed 5x5), zero-padded into
   the largest kernel and run with symmetric `k // 2` padding.
@@ -111,7 +113,7 @@ def _shift_add(xp: jax.Array, kernel: jax.Array, stride: int, ho: int, wo: int
                 xp, (0, i, j, 0),
                 (n, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
                 (1, stride, stride, 1))
-            term = tap * kernel[i, j, 0]
+            term = tap * kernel[i, j, 0][None, None, None, :]
             out = term if out is None else out + term
     return out
 
@@ -205,13 +207,16 @@ def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, mean: jax.Array,
     """
     _check_bn_mode(mode)
     stats = None
+    def channels(v):  # [C] -> [1, ..., 1, C] (no implicit rank promotion)
+        return jnp.reshape(v, (1,) * (x.ndim - 1) + (-1,))
+
     if mode != "eval":
         mean = jnp.mean(x, axis=(0, 1, 2))
-        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))
+        var = jnp.mean(jnp.square(x - channels(mean)), axis=(0, 1, 2))
         n = x.shape[0] * x.shape[1] * x.shape[2]
         stats = (mean, var * (n / max(n - 1, 1)) if mode == "train" else var)
     inv = jax.lax.rsqrt(var + BN_EPS) * scale
-    return (x - mean) * inv + bias, stats
+    return (x - channels(mean)) * channels(inv) + channels(bias), stats
 
 
 class MaskedBatchNorm(nn.Module):

@@ -207,13 +207,13 @@ def normalize(f: jax.Array, valid: jax.Array, first_front: jax.Array,
     worst = jnp.maximum(memory.worst, jnp.max(jnp.where(valid[:, None], f, -big), 0))
     pool = jnp.concatenate([memory.extreme, f], axis=0)
     pool_ok = jnp.concatenate([jnp.all(jnp.isfinite(memory.extreme), 1), valid])
-    ft = pool - ideal
+    ft = pool - ideal[None, :]
     ft = jnp.where(ft < 1e-3, 0.0, ft)
     w = jnp.where(jnp.eye(m, dtype=bool), 1.0, 1e-6)              # [m axes, m]
     asf = jnp.max(ft[None, :, :] / w[:, None, :], axis=-1)         # [m, n']
     asf = jnp.where(pool_ok[None, :], asf, jnp.inf)
     extreme = pool[jnp.argmin(asf, axis=1)]                         # [m, m]
-    z = extreme - ideal
+    z = extreme - ideal[None, :]
     b = jnp.linalg.solve(z, jnp.ones((m,), jnp.float32))
     intercepts = 1.0 / b
     ok = jnp.all(jnp.isfinite(b)) & jnp.allclose(z @ b, 1.0, atol=1e-4)
@@ -286,7 +286,7 @@ def survive_info(objectives: jax.Array, n_survive: int, ref_dirs: jax.Array,
     accepted = rank < last
     in_last = rank == last
     ideal, nadir, memory = normalize(f, valid, (rank == 0) & valid, memory)
-    fn = (f - ideal) / (nadir - ideal)
+    fn = (f - ideal[None, :]) / (nadir - ideal)[None, :]
     niche, dist = associate(fn, ref_dirs)
     h = ref_dirs.shape[0]
     rho = jnp.zeros((h,), jnp.int32).at[niche].add(accepted.astype(jnp.int32))

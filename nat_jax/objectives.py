@@ -9,7 +9,13 @@ its bias (no BN running statistics, no kernel-transform matrices).
 `count(space, arch)` walks the layers of one `Arch` in plain Python integers
 (the reference). `CostTables` turns the same per-layer rule into per-block
 lookup tables so a whole population of genotypes is costed with one gather
-and a sum: exactly in NumPy int64, or inside `jit` with `jax.numpy`.
+and a sum: exactly in NumPy int64, or inside `jit` with `jax.numpy`. Both walk
+the block layout `SearchSpace.blocks`.
+
+`complexity_fn(space, names, num_classes, custom=...)` builds the search's
+jittable objective function from names: the built-ins, callables passed in
+`custom` (e.g. `{"latency": latency.table_fn(table, space)}`), or user
+functions named "package.module:function". Nothing is registered globally.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -72,33 +78,48 @@ def _head_cost(ch: ss.Channels, f: int, num_classes: int) -> tuple[int, int]:
     return madds, params
 
 
-def _stage_input_sizes(space: ss.SearchSpace, resolution: int) -> tuple[int, list[int]]:
+def _slot_input_sizes(
+    slots: Sequence[ss.BlockSlot], resolution: int
+) -> tuple[list[int], int]:
+    """(input feature size of every slot when all run, final feature size).
+
+    Only a stage's first slot strides, so skipping later slots changes no size.
+    """
     f = _out_size(resolution, 2)
     sizes = []
-    for stride in space.net.stage_strides:
+    for slot in slots:
         sizes.append(f)
-        f = _out_size(f, stride)
-    return f, sizes
+        f = _out_size(f, slot.stride)
+    return sizes, f
 
 
 def count(
-    space: ss.SearchSpace, arch: ss.Arch, num_classes: int = 1000
+    space: ss.SearchSpace,
+    arch: ss.Arch,
+    num_classes: int = 1000,
+    resolution: int | None = None,
 ) -> dict[str, int]:
-    """Exact {"madds", "params"} of one subnet (the layer-by-layer reference)."""
+    """Exact {"madds", "params"} of one subnet (the layer-by-layer reference).
+
+    `resolution` overrides the input side (any positive size the network can
+    run, e.g. OFA's published 160 px subnets); default `arch.resolution`.
+    """
     arch.validate(space)
+    r = arch.resolution if resolution is None else resolution
+    if isinstance(r, bool) or int(r) != r or r < 1:
+        raise ValueError(f"resolution must be a positive integer, got {r!r}.")
     ch = space.channels(arch.width)
-    madds, params, f = _stem_cost(ch, arch.resolution)
-    c_in = ch.first_block
-    for s, c_out in enumerate(ch.stages):
-        for j in range(arch.d[s]):
-            b = s * space.max_depth + j
-            stride = space.net.stage_strides[s] if j == 0 else 1
-            mid = space.mid_channels(c_in, arch.e[b])
-            m, p = _block_cost(
-                c_in, c_out, mid, arch.ks[b], f, stride, space.net.stage_se[s]
-            )
-            madds, params = madds + m, params + p
-            f, c_in = _out_size(f, stride), c_out
+    madds, params, f = _stem_cost(ch, int(r))
+    for slot in space.blocks(arch.width):
+        if slot.position >= arch.d[slot.stage]:
+            continue
+        b = slot.index
+        mid = space.mid_channels(slot.c_in, arch.e[b])
+        m, p = _block_cost(
+            slot.c_in, slot.c_out, mid, arch.ks[b], f, slot.stride, slot.use_se
+        )
+        madds, params = madds + m, params + p
+        f = _out_size(f, slot.stride)
     m, p = _head_cost(ch, f, num_classes)
     return {"madds": madds + m, "params": params + p}
 
@@ -158,34 +179,22 @@ def cost_tables(space: ss.SearchSpace, num_classes: int = 1000) -> CostTables:
     block_p = np.zeros((n_w, nb, nops + 1), np.int64)
     for wi, width in enumerate(space.widths):
         ch = space.channels(width)
-        c_ins = space.block_in_channels(width)
+        slots = space.blocks(width)
         for ri, res in enumerate(space.resolutions):
             m0, p0, _ = _stem_cost(ch, res)
-            f_final, sizes = _stage_input_sizes(space, res)
+            sizes, f_final = _slot_input_sizes(slots, res)
             m1, p1 = _head_cost(ch, f_final, num_classes)
             fixed_m[ri, wi], fixed_p[wi] = m0 + m1, p0 + p1
-            for b in range(nb):
-                s, j = divmod(b, space.max_depth)
-                stride = space.net.stage_strides[s] if j == 0 else 1
-                f_in = (
-                    sizes[s]
-                    if j == 0
-                    else _out_size(sizes[s], space.net.stage_strides[s])
-                )
+            for slot, f_in in zip(slots, sizes):
                 for op in range(1, nops + 1):
                     k = space.kernels[(op - 1) % len(space.kernels)]
                     e = space.expands[(op - 1) // len(space.kernels)]
-                    mid = space.mid_channels(c_ins[b], e)
+                    mid = space.mid_channels(slot.c_in, e)
                     m, p = _block_cost(
-                        c_ins[b],
-                        space.channels(width).stages[s],
-                        mid,
-                        k,
-                        f_in,
-                        stride,
-                        space.net.stage_se[s],
+                        slot.c_in, slot.c_out, mid, k, f_in, slot.stride, slot.use_se
                     )
-                    block_m[ri, wi, b, op], block_p[wi, b, op] = m, p
+                    block_m[ri, wi, slot.index, op] = m
+                    block_p[wi, slot.index, op] = p
     return CostTables(fixed_m, fixed_p, block_m, block_p)
 
 
@@ -205,30 +214,25 @@ def _canon(space, genes, xp):
     return np.asarray(g) if xp is np else g
 
 
-# ------------------------------------------------------------------ registry
-# A factory takes (space, num_classes) and returns a jittable
+# ---------------------------------------------------------------- objectives
+# A built-in takes (space, num_classes) and returns a jittable
 # `genes int32[n, num_genes] -> float32[n]` (minimised).
-_FACTORIES: dict[str, Callable] = {}
+_BUILTIN: dict[str, Callable] = {
+    "madds": lambda space, nc: (
+        lambda g: cost_tables(space, nc).madds(space.canonicalize(g), jnp) / 1e6),
+    "params": lambda space, nc: (
+        lambda g: cost_tables(space, nc).params(space.canonicalize(g), jnp) / 1e6),
+}
+BUILTIN_OBJECTIVES = tuple(_BUILTIN)
 
 
-def register(name: str, factory: Callable) -> None:
-    """Makes objective `name` available to `complexity_fn` and the entry points."""
-    _FACTORIES[name] = factory
-
-
-register("madds", lambda space, nc: (
-    lambda g: cost_tables(space, nc).madds(space.canonicalize(g), jnp) / 1e6))
-register("params", lambda space, nc: (
-    lambda g: cost_tables(space, nc).params(space.canonicalize(g), jnp) / 1e6))
-
-
-def known_objectives() -> list[str]:
-    return sorted(_FACTORIES)
-
-
-def _resolve_one(name: str, space: ss.SearchSpace, num_classes: int) -> Callable:
-    if name in _FACTORIES:
-        return _FACTORIES[name](space, num_classes)
+def _resolve_one(
+    name: str, space: ss.SearchSpace, num_classes: int, custom: Mapping[str, Callable]
+) -> Callable:
+    if name in custom:
+        return custom[name]
+    if name in _BUILTIN:
+        return _BUILTIN[name](space, num_classes)
     if ":" in name:  # a user function "package.module:function"
         module, _, attr = name.partition(":")
         try:
@@ -236,24 +240,45 @@ def _resolve_one(name: str, space: ss.SearchSpace, num_classes: int) -> Callable
         except (ImportError, AttributeError) as err:
             raise ValueError(f"Cannot import objective {name!r}: {err}.") from None
         return fn
+    known = sorted(set(_BUILTIN) | set(custom))
+    hint = (" ('latency' needs a latency table: build one with python -m "
+            "experiments.build_latency_table and pass it as config.latency_table)"
+            if name == "latency" else "")
     raise ValueError(
-        f"Unknown objective {name!r}; known: {known_objectives()} (plus top1_error, "
-        f"and user functions given as 'package.module:function')."
+        f"Unknown objective {name!r}; known: {known} (plus top1_error, and user "
+        f"functions given as 'package.module:function'){hint}."
     )
 
 
-def complexity_fn(space: ss.SearchSpace, names: Sequence[str], num_classes: int = 1000):
-    """A jittable `genes[n, num_genes] -> float32[n, len(names)]`.
+def complexity_fn(
+    space: ss.SearchSpace,
+    names: Sequence[str],
+    num_classes: int = 1000,
+    *,
+    custom: Mapping[str, Callable] | None = None,
+):
+    """A jittable `genes int32[n, num_genes] -> float32[n, len(names)]`.
 
-    Built-in names: "madds" and "params" (in millions, exact under OFA's rule),
-    plus anything added with `register` (e.g. a latency lookup table). A name
-    "package.module:function" imports a user function of the same signature.
+    Args:
+      space: the search space the genotypes belong to.
+      names: objective names, each one of: "madds" or "params" (in millions,
+        exact under OFA's rule), a key of `custom`, or "package.module:function"
+        (a user function of the same signature, imported).
+      num_classes: classifier outputs the built-ins count.
+      custom: name -> jittable `genes int32[n, num_genes] -> float[n]`, e.g.
+        `{"latency": latency.table_fn(table, space)}`; overrides a built-in of
+        the same name.
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones).
     """
-    fns = [_resolve_one(n, space, num_classes) for n in names]
+    custom = dict(custom or {})
+    fns = [_resolve_one(n, space, num_classes, custom) for n in names]
 
     def fn(genes: jax.Array) -> jax.Array:
         genes = jnp.asarray(genes, jnp.int32)
-        cols = [jnp.asarray(f(genes), jnp.float32).reshape(genes.shape[:-1]) for f in fns]
+        cols = [jnp.asarray(f(genes), jnp.float32).reshape(genes.shape[:-1])
+                for f in fns]
         return jnp.stack(cols, axis=-1)
 
     return fn

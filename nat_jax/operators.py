@@ -98,8 +98,8 @@ def real_polynomial_mutation(key: jax.Array, x: jax.Array, lower, upper,
     """
     k_do, k_u = jax.random.split(key)
     x = jnp.asarray(x, jnp.float32)
-    lo = jnp.asarray(lower, jnp.float32)
-    hi = jnp.asarray(upper, jnp.float32)
+    lo = jnp.broadcast_to(jnp.asarray(lower, jnp.float32), x.shape)
+    hi = jnp.broadcast_to(jnp.asarray(upper, jnp.float32), x.shape)
     do = jax.random.bernoulli(k_do, prob, x.shape)
     u = jax.random.uniform(k_u, x.shape)
     y = jnp.clip(x + _pm_delta(u, x, lo, hi, eta), lo, hi)
@@ -146,12 +146,13 @@ def polynomial_mutation(key: jax.Array, genes: jax.Array, lower, upper,
     else:
         k_do, k_u = jax.random.split(key)
         x = jnp.asarray(genes, jnp.float32)
-        lo = jnp.asarray(lower, jnp.float32)
-        hi = jnp.asarray(upper, jnp.float32)
+        lo = jnp.broadcast_to(jnp.asarray(lower, jnp.float32), x.shape)
+        hi = jnp.broadcast_to(jnp.asarray(upper, jnp.float32), x.shape)
         do = jax.random.bernoulli(k_do, prob, x.shape)
         u = jax.random.uniform(k_u, x.shape)
         y = jnp.where(do, x + _pm_delta_paper(u, x, lo, hi, eta), x)
-    y = jnp.clip(jnp.round(y), jnp.asarray(lower), jnp.asarray(upper))
+    y = jnp.clip(jnp.round(y), jnp.broadcast_to(jnp.asarray(lower), y.shape),
+                 jnp.broadcast_to(jnp.asarray(upper), y.shape))
     return y.astype(jnp.int32)
 
 
@@ -235,8 +236,8 @@ def sbx_crossover(key: jax.Array, parents_a: jax.Array, parents_b: jax.Array,
     ks = jax.random.split(key, 4)
     a = jnp.asarray(parents_a, jnp.float32)
     b = jnp.asarray(parents_b, jnp.float32)
-    lo = jnp.asarray(lower, jnp.float32)
-    hi = jnp.asarray(upper, jnp.float32)
+    lo = jnp.broadcast_to(jnp.asarray(lower, jnp.float32), a.shape)
+    hi = jnp.broadcast_to(jnp.asarray(upper, jnp.float32), a.shape)
     y1, y2 = jnp.minimum(a, b), jnp.maximum(a, b)
     gap = jnp.maximum(y2 - y1, 1e-12)
     u = jax.random.uniform(ks[0], a.shape)
@@ -260,8 +261,9 @@ def sbx_crossover(key: jax.Array, parents_a: jax.Array, parents_b: jax.Array,
 
 def repair(space, genes: jax.Array) -> jax.Array:
     """Clip to the space's bounds, then canonicalise (int32[n, num_genes])."""
-    lo = jnp.asarray(space.lower_bounds)
-    hi = jnp.asarray(space.upper_bounds)
+    genes = jnp.asarray(genes)
+    lo = jnp.broadcast_to(jnp.asarray(space.lower_bounds), genes.shape)
+    hi = jnp.broadcast_to(jnp.asarray(space.upper_bounds), genes.shape)
     return space.canonicalize(jnp.clip(genes, lo, hi))
 
 

@@ -137,7 +137,9 @@ def fit_rbf(x: jax.Array, t: jax.Array, active: jax.Array | None = None,
 
 
 def _scale_x(scaler: Scaler, X) -> jax.Array:
-    return (jnp.asarray(X, jnp.float32) - scaler.x_min) * scaler.x_scale
+    X = jnp.asarray(X, jnp.float32)
+    return ((X - jnp.broadcast_to(scaler.x_min, X.shape))
+            * jnp.broadcast_to(scaler.x_scale, X.shape))
 
 
 def fit_ensemble(key: jax.Array, X: jax.Array, y: jax.Array, valid: jax.Array,
@@ -172,7 +174,7 @@ def fit_ensemble(key: jax.Array, X: jax.Array, y: jax.Array, valid: jax.Array,
         active = jnp.arange(s_max) < n_use
         w, tail = fit_rbf(x, ts[rows], active)
         mask = jnp.zeros((d,), jnp.float32).at[cols].set(1.0)
-        centers = xs[rows] * mask
+        centers = xs[rows] * mask[None, :]
         tail_full = jnp.zeros((d + 1,), jnp.float32).at[0].set(tail[0])
         tail_full = tail_full.at[1 + cols].set(tail[1:])
         return centers, mask, w, tail_full
@@ -255,7 +257,7 @@ def evaluate(ev: Evaluator, X: jax.Array) -> jax.Array:
     x2 = jnp.repeat((xs * xs) @ ev.mask.T, k, axis=1)  # [n, M * k]
 
     def block(j, acc):
-        d2 = jnp.maximum(xs @ ev.centers[j] + ev.sq_norms[j] + x2, 0.0)
+        d2 = jnp.maximum(xs @ ev.centers[j] + ev.sq_norms[j][None, :] + x2, 0.0)
         # The cube as its own elementwise pass, then a matvec: measured ~3x
         # faster on XLA:CPU than one fused multiply-and-sum.
         return acc + (d2 * jnp.sqrt(d2)) @ ev.weights[j]

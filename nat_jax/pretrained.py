@@ -1,6 +1,7 @@
 """Import official OFA MobileNetV3 PyTorch checkpoints as Flax variables.
 
-    model, variables = load_ofa_checkpoint("ofa_mbv3_d234_e346_k357_w1.0", 1.0)
+    model, variables = load_ofa_checkpoint("ofa_mbv3_d234_e346_k357_w1.0", 1.0,
+                                           space=search_space.OFA_MBV3)
 
 Accepts `{"state_dict": ...}` or a bare state dict, with legacy
 (`blocks.N.mobile_inverted_conv.*`) or current (`blocks.N.conv.*`) names and
@@ -43,28 +44,28 @@ def ofa_key_map(space: ss.SearchSpace) -> dict[str, tuple[str, tuple, str]]:
     m[b0 + "point_linear.conv.weight"] = ("params", ("first_block_pw",), "conv")
     m.update(_bn(b0 + "point_linear.bn", ("first_block_pw_bn",)))
     ks = sorted(space.kernels)
-    for s in range(space.num_stages):
-        for j in range(space.max_depth):
-            b = 1 + s * space.max_depth + j
-            blk, pre = f"block_{b}", f"blocks.{b}.conv."
-            m[pre + "inverted_bottleneck.conv.weight"] = (
-                "params", (blk, "expand_kernel"), "conv")
-            m.update(_bn(pre + "inverted_bottleneck.bn", (blk, "expand_bn")))
-            m[pre + "depth_conv.conv.weight"] = (
-                "params", (blk, "depthwise", "kernel"), "conv")
-            for big, small in zip(ks[::-1][:-1], ks[::-1][1:]):
-                m[pre + f"depth_conv.conv.{big}to{small}_matrix"] = (
-                    "params", (blk, "depthwise", f"m{big}to{small}"), "matrix")
-            m.update(_bn(pre + "depth_conv.bn", (blk, "depthwise_bn")))
-            if space.net.stage_se[s]:
-                for part, name in (("reduce", "se_reduce"), ("expand", "se_expand")):
-                    m[pre + f"depth_conv.se.fc.{part}.weight"] = (
-                        "params", (blk, name + "_kernel"), "conv")
-                    m[pre + f"depth_conv.se.fc.{part}.bias"] = (
-                        "params", (blk, name + "_bias"), "vec")
-            m[pre + "point_linear.conv.weight"] = (
-                "params", (blk, "project_kernel"), "conv")
-            m.update(_bn(pre + "point_linear.bn", (blk, "project_bn")))
+    # Names do not depend on the width; any of the space's gives the layout.
+    for slot in space.blocks(space.widths[0]):
+        b = slot.index + 1
+        blk, pre = f"block_{b}", f"blocks.{b}.conv."
+        m[pre + "inverted_bottleneck.conv.weight"] = (
+            "params", (blk, "expand_kernel"), "conv")
+        m.update(_bn(pre + "inverted_bottleneck.bn", (blk, "expand_bn")))
+        m[pre + "depth_conv.conv.weight"] = (
+            "params", (blk, "depthwise", "kernel"), "conv")
+        for big, small in zip(ks[::-1][:-1], ks[::-1][1:]):
+            m[pre + f"depth_conv.conv.{big}to{small}_matrix"] = (
+                "params", (blk, "depthwise", f"m{big}to{small}"), "matrix")
+        m.update(_bn(pre + "depth_conv.bn", (blk, "depthwise_bn")))
+        if slot.use_se:
+            for part, name in (("reduce", "se_reduce"), ("expand", "se_expand")):
+                m[pre + f"depth_conv.se.fc.{part}.weight"] = (
+                    "params", (blk, name + "_kernel"), "conv")
+                m[pre + f"depth_conv.se.fc.{part}.bias"] = (
+                    "params", (blk, name + "_bias"), "vec")
+        m[pre + "point_linear.conv.weight"] = (
+            "params", (blk, "project_kernel"), "conv")
+        m.update(_bn(pre + "point_linear.bn", (blk, "project_bn")))
     m["final_expand_layer.conv.weight"] = ("params", ("final_expand",), "conv")
     m.update(_bn("final_expand_layer.bn", ("final_expand_bn",)))
     m["feature_mix_layer.conv.weight"] = ("params", ("feature_mix",), "conv")
@@ -103,9 +104,13 @@ def _get(tree: Mapping, path: tuple):
 
 def convert_state_dict(state_dict: Mapping[str, Any], width: float,
                        num_classes: int | None = None, key: jax.Array | None = None,
-                       space: ss.SearchSpace = ss.OFA_MBV3, **model_kwargs
+                       *, space: ss.SearchSpace, **model_kwargs
                        ) -> tuple[supernet.Supernet, dict]:
-    """(model, variables) from an OFA state dict of numpy arrays (or tensors)."""
+    """(model, variables) from an OFA state dict of numpy arrays (or tensors).
+
+    `space` is the search space the checkpoint was trained for (required;
+    `search_space.OFA_MBV3` for OFA's published supernets).
+    """
     space.width_index(width)
     sd = {}
     for k, v in state_dict.items():
@@ -199,9 +204,8 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
 
 def load_ofa_checkpoint(path: str, width: float, num_classes: int | None = None,
-                        key: jax.Array | None = None,
-                        space: ss.SearchSpace = ss.OFA_MBV3, **model_kwargs
-                        ) -> tuple[supernet.Supernet, dict]:
+                        key: jax.Array | None = None, *, space: ss.SearchSpace,
+                        **model_kwargs) -> tuple[supernet.Supernet, dict]:
     """(model, variables) from an official OFA MobileNetV3 `.pth` supernet.
 
     Args:
@@ -209,7 +213,8 @@ def load_ofa_checkpoint(path: str, width: float, num_classes: int | None = None,
       width: 1.0 or 1.2 (must match the file).
       num_classes: None keeps the checkpoint's classifier; another value
         replaces it with a fresh init from `key` (required then).
-      space: the search space the checkpoint was trained for.
+      space: the search space the checkpoint was trained for (required;
+        `search_space.OFA_MBV3` for OFA's published supernets).
     """
-    return convert_state_dict(read_state_dict(path), width, num_classes, key, space,
-                              **model_kwargs)
+    return convert_state_dict(read_state_dict(path), width, num_classes, key,
+                              space=space, **model_kwargs)

@@ -1,6 +1,7 @@
 """What a transfer run shows a person: progress lines, plots, report, scalars.
 
-* `Progress`: a log line per phase step with rate and ETA (absl logging).
+* `Progress`: a log line per phase step with rate and ETA (absl logging);
+  `RunEta`: the whole run's ETA from every phase's measured rate.
 * `plot_front`: archive + nondominated front + picks + user baselines (PNG).
 * `write_report`: `report.md` summarising the front and the selected subnets.
 * `write_scalars`: TensorBoard event files written directly (the record format
@@ -9,34 +10,114 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import struct
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from absl import logging
 
 
 class Progress:
-    """Logs `name: i/n (pct) rate, ETA` at most every `every_s` seconds."""
+    """Logs `name: i/n (pct) rate, ETA` at most every `every_s` seconds.
 
-    def __init__(self, name: str, total: int, every_s: float = 10.0):
+    The first unit of a phase includes compiling (seconds to minutes), so it
+    is reported on its own ("first step took 0m41s (with compilation)") and
+    the rate and ETA are measured from the end of the first unit on.
+
+    Args:
+      name: the phase, e.g. "adapt round 2".
+      total: units in the phase.
+      every_s: minimum seconds between lines (the last unit always logs).
+      unit: what is counted ("step", "subnet").
+      clock: seconds as a float (tests pass a fake one).
+    """
+
+    def __init__(self, name: str, total: int, every_s: float = 10.0,
+                 unit: str = "step", clock: Callable[[], float] = time.perf_counter):
         self.name, self.total, self.every_s = name, max(int(total), 1), every_s
-        self.t0 = time.time()
-        self.last = -1e9
+        self.unit, self.clock = unit, clock
+        self.t0 = clock()
+        self.first: tuple[int, float] | None = None   # (done, time) after unit 1
+        self.latest: tuple[int, float] | None = None
+        self.last = -math.inf
+
+    @property
+    def seconds_per_unit(self) -> float | None:
+        """Seconds per unit after the first (None until two updates)."""
+        if self.first is None or self.latest is None:
+            return None
+        units = self.latest[0] - self.first[0]
+        return (self.latest[1] - self.first[1]) / units if units > 0 else None
 
     def update(self, done: int, extra: str = "") -> None:
-        now = time.time()
+        now = self.clock()
+        if self.first is None:
+            self.first = self.latest = (done, now)
+            self.last = now
+            what = self.unit if done == 1 else f"{done} {self.unit}s"
+            logging.info("%s: %d/%d, first %s took %s (with compilation, if any; "
+                         "rates start after it) %s", self.name, done, self.total,
+                         what, _fmt_s(now - self.t0), extra)
+            return
+        self.latest = (done, now)
         if now - self.last < self.every_s and done < self.total:
             return
         self.last = now
-        elapsed = now - self.t0
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - done) / rate if rate > 0 else float("nan")
+        per = self.seconds_per_unit
+        rate = 1.0 / per if per else float("nan")
+        eta = (self.total - done) * per if per else float("nan")
         logging.info("%s: %d/%d (%.0f%%) %.2f/s, ETA %s %s", self.name, done,
                      self.total, 100.0 * done / self.total, rate, _fmt_s(eta), extra)
+
+
+class RunEta:
+    """Whole-run ETA: remaining units of each phase times its seconds per unit.
+
+    Phases report their measured seconds per unit with `observe` (a phase's
+    `Progress.seconds_per_unit`, which leaves out compilation, or the time
+    of one search); `line(remaining)` turns the remaining units of every
+    phase into one log line, marking phases not timed yet.
+
+    Args:
+      units: phase -> what its units are, e.g. {"adapt": "steps"}.
+    """
+
+    def __init__(self, units: dict[str, str] | None = None):
+        self.units = dict(units or {})
+        self.per_unit: dict[str, float] = {}
+
+    def observe(self, phase: str, seconds_per_unit: float | None) -> None:
+        if seconds_per_unit is not None and math.isfinite(seconds_per_unit):
+            self.per_unit[phase] = max(float(seconds_per_unit), 0.0)
+
+    def seconds(self, remaining: dict[str, int]) -> float:
+        """Estimated seconds left (NaN while a phase with work is untimed)."""
+        total = 0.0
+        for phase, units in remaining.items():
+            if units > 0:
+                total += units * self.per_unit.get(phase, math.nan)
+        return total
+
+    def line(self, remaining: dict[str, int]) -> str:
+        """E.g. "whole run: ETA 12m30s (adapt: 600 steps 8m00s, ...)"."""
+        parts = []
+        for phase, units in remaining.items():
+            per = self.per_unit.get(phase)
+            if not units:
+                t = "done"
+            else:
+                t = _fmt_s(units * per) if per is not None else "not timed yet"
+            what = f" {self.units[phase]}" if phase in self.units else ""
+            parts.append(f"{phase}: {units}{what} {t}")
+        known = {p: u for p, u in remaining.items() if p in self.per_unit}
+        lower = ">= " if any(u > 0 and p not in known
+                             for p, u in remaining.items()) else ""
+        return (f"whole run: ETA {lower}{_fmt_s(self.seconds(known))} "
+                f"({', '.join(parts)})")
 
 
 def _fmt_s(s: float) -> str:
@@ -118,7 +199,7 @@ def write_report(path: str | os.PathLike, config, archive, names: Sequence[str],
                      f"{m['hypervolume']:.4f} | {m['best_top1']:.2f} | "
                      f"{m['kendall_tau_new']:.2f} | {t:.0f} |")
     header = ["#", "top-1 (%)", "top-5 (%)"] + [_label(n) for n in names[1:]] + [
-        "res", "depths", "genotype"]
+        "res", "depths", "encoding"]
     lines += ["", "## Selected subnets (high trade-off + most accurate)", "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i in picks:
@@ -137,7 +218,7 @@ def _row(i: int, archive, names, space) -> str:
     objs = [f"{e.objectives.get(n, float('nan')):.3f}" for n in names[1:]]
     return "| " + " | ".join([str(i), f"{e.top1:.2f}", f"{e.top5:.2f}", *objs,
                               str(arch.resolution), "".join(map(str, arch.d)),
-                              "`" + "".join(map(str, e.genes[2:])) + "`"]) + " |"
+                              "`" + arch.to_encoding(space) + "`"]) + " |"
 
 
 # ---------------------------------------------------------- TensorBoard
@@ -195,7 +276,8 @@ def _record(data: bytes) -> bytes:
         "<I", _masked_crc(data))
 
 
-def write_scalars(logdir: str | os.PathLike, step: int, metrics: dict[str, Any]) -> None:
+def write_scalars(logdir: str | os.PathLike, step: int,
+                  metrics: dict[str, Any]) -> None:
     """Appends numeric `metrics` (nested dicts flattened with '/') as scalars."""
     logdir = pathlib.Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
@@ -204,7 +286,8 @@ def write_scalars(logdir: str | os.PathLike, step: int, metrics: dict[str, Any])
     for k, v in metrics.items():
         items = v.items() if isinstance(v, dict) else [(None, v)]
         for sub, x in items:
-            if isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x):
+            number = isinstance(x, (int, float)) and not isinstance(x, bool)
+            if number and np.isfinite(x):
                 flat[k if sub is None else f"{k}/{sub}"] = float(x)
     with open(path, "ab") as f:
         if f.tell() == 0:

@@ -19,12 +19,18 @@ import time
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
-from nat_jax import data, evaluation, evolution, objectives, pipeline
-from nat_jax import reporting, supernet, tradeoff, transfer
+from nat_jax import (
+    evaluation,
+    evolution,
+    pipeline,
+    reporting,
+    run_config,
+    supernet,
+    tradeoff,
+)
 from nat_jax.archive import Archive
 
 _CONSTRAINT = re.compile(r"^\s*([\w.:]+)\s*(<=|<)\s*([0-9.eE+-]+)\s*$")
@@ -46,15 +52,22 @@ def parse_constraints(text: str) -> list[tuple[str, float]]:
     return out
 
 
-def constrained_fn(space, names, constraints, num_classes):
+def constrained_fn(space, names, constraints, num_classes, latency_table: str = ""):
     """Complexity objectives plus a penalty on every column when infeasible.
+
+    Args:
+      space: the run's search space.
+      names: the non-error objectives.
+      constraints: [(objective, limit)] from `parse_constraints`.
+      num_classes: classes of the task.
+      latency_table: a latency table file (for "latency"), or "".
 
     Returns (fn, feasible_fn): fn(genes) -> float32[n, m]; feasible_fn(genes)
     -> bool[n].
     """
-    base = objectives.complexity_fn(space, tuple(names), num_classes)
-    cons = objectives.complexity_fn(space, tuple(c for c, _ in constraints),
-                                    num_classes) if constraints else None
+    base = run_config.complexity_fn(names, space, num_classes, latency_table)
+    cons = run_config.complexity_fn([c for c, _ in constraints], space, num_classes,
+                                    latency_table) if constraints else None
     limits = jnp.asarray([v for _, v in constraints], jnp.float32)
 
     def violation(genes):
@@ -69,6 +82,15 @@ def constrained_fn(space, names, constraints, num_classes):
     return fn, lambda genes: np.asarray(violation(jnp.asarray(genes)) <= 0)
 
 
+def output_name(names, constraints) -> str:
+    """The default output folder: "search_" + the objectives after top1_error,
+    then each constraint, joined by "_" (top1_error,params with madds<=0.5:
+    "search_params_madds-le-0.5")."""
+    parts = [n.replace(":", "-") for n in names[1:]]
+    parts += [f"{n.replace(':', '-')}-le-{v:g}" for n, v in constraints]
+    return "search_" + "_".join(parts)
+
+
 def load_workdir(workdir: str | pathlib.Path):
     """(config, archive, model, variables, dataset) of a finished transfer run."""
     workdir = pathlib.Path(workdir)
@@ -77,12 +99,13 @@ def load_workdir(workdir: str | pathlib.Path):
             raise FileNotFoundError(
                 f"{workdir} has no {name}: pass the --workdir of a finished "
                 f"experiments.transfer run.")
-    cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    space = transfer.run_space(cfg)
+    cfg = run_config.read_config(workdir)
+    run_config.validate(cfg, num_devices=1)  # e.g. names from an older version
+    space = run_config.run_space(cfg)
     archive = Archive.load(workdir / "archive.json", space)
     model, variables = supernet.load_supernet(str(workdir / "supernet"))
     model = model.clone(space=space)
-    dataset = data.load(cfg.dataset, data_dir=cfg.data_dir or None)
+    dataset = run_config.load_dataset(cfg)
     return cfg, archive, model, variables, dataset
 
 
@@ -97,20 +120,20 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
       constraints: e.g. "madds<=300" (units of the objective).
       seed: search seed.
       n_evaluate: subnets of the predicted front measured on the supernet.
-      output: directory for front.json, front.png and report lines
-        (default WORKDIR/search_<objectives>).
+      output: directory for front.json, front.png and summary.json
+        (default WORKDIR/`output_name(...)`, e.g. search_params_madds-le-0.5).
       generations: override the run's generations per search.
       latency_table: a table from experiments.build_latency_table (enables the
         "latency" objective; default: the run's own table, if any).
     """
     t0 = time.time()
-    cfg, archive, model, variables, dataset = load_workdir(workdir)
-    transfer.enable_latency(latency_table or cfg.get("latency_table", ""))
-    space = archive.space
-    names, _ = transfer.parse_objectives(objective_names, space, dataset.num_classes)
+    names = run_config.objective_names(objective_names)
     cons = parse_constraints(constraints)
-    fn, feasible = constrained_fn(space, names[1:], cons, dataset.num_classes)
-    sconf = transfer.search_config(cfg.search)
+    cfg, archive, model, variables, dataset = load_workdir(workdir)
+    table = latency_table or cfg.get("latency_table", "")
+    space = archive.space
+    fn, feasible = constrained_fn(space, names[1:], cons, dataset.num_classes, table)
+    sconf = run_config.search_config(cfg.search)
     if generations is not None:
         sconf = evolution.SearchConfig(**{**sconf.__dict__, "generations": generations})
     sconf = evolution.SearchConfig(**{**sconf.__dict__, "n_candidates": min(
@@ -132,14 +155,11 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
     logging.info("Measuring %d subnets on the adapted supernet.", len(pick))
     res = evaluation.evaluate_subnets(
         model, variables, list(pick), space, dataset.val, dataset.train,
-        evaluation.EvalConfig(batch_size=cfg.eval.batch_size,
-                              calib_images=cfg.eval.calib_images,
-                              calib_batch_size=cfg.eval.calib_batch_size,
-                              calib_seed=cfg.seed),
+        run_config.eval_config(cfg),
         calibration=pipeline.CalibrationSet(dataset.train, cfg.eval.calib_images,
                                             cfg.eval.calib_batch_size, cfg.seed))
-    objs = np.asarray(objectives.complexity_fn(space, tuple(names[1:]),
-                                               dataset.num_classes)(jnp.asarray(pick)))
+    objs = np.asarray(run_config.complexity_fn(
+        names[1:], space, dataset.num_classes, table)(jnp.asarray(pick)))
     arc = Archive(space)
     arc.add(pick, iteration=0,
             objectives=[dict(zip(names[1:], map(float, o))) for o in objs])
@@ -147,14 +167,14 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
         arc.record(i, r["top1"], r["top5"], version=0)
     Fm = arc.objective_matrix(names)
     front = np.flatnonzero(tradeoff.nondominated(Fm))
-    out = pathlib.Path(output or pathlib.Path(workdir) / (
-        "search_" + "_".join(n.replace(":", "-") for n in names[1:])))
+    out = pathlib.Path(output or pathlib.Path(workdir) / output_name(names, cons))
     out.mkdir(parents=True, exist_ok=True)
     arc.save(out / "front.json")
     reporting.plot_front(out / "front.png", arc, names, front, [], {},
                          title=f"{cfg.dataset}: {', '.join(names[1:])}"
                                + (f" ({constraints})" if constraints else ""))
-    summary = {"objectives": names, "constraints": constraints,
+    summary = {"objectives": list(names), "constraints": constraints,
+               "output": str(out),
                "seconds": time.time() - t0, "front": [
                    {"genes": list(arc.entries[i].genes), "top1": arc.entries[i].top1,
                     **arc.entries[i].objectives} for i in front]}

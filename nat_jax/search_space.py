@@ -11,16 +11,28 @@ A network is described three ways:
 * traced arrays `{"ks", "e", "d"}` (int32) that the masked supernet consumes, so
   one compiled program serves every subnet.
 
-External formats: OFA's `set_active_subnet(ks, e, d)` lists (20 per-block
-entries, 5 depths), NAT's compact `net.subnet` JSON (per-active-block lists of
-length `sum(d)`), NAT's 23-character `net.encoding` string, and OFA's
-`net.config`.
+The printed form of a subnet, which every entry point accepts
+(`parse_arch` / `load_arch`) and every report prints (`Arch.to_encoding`), is
+NAT's `net.encoding` string generalised to any space: the genotype in the
+registered space that the given one restricts (`base_space`; so a run space
+with its width pinned prints the same string as the full space), written as
+two digits of resolution index, one of width index and one per layer gene (23
+digits in OFA's space, 7 in the tiny one). A space whose choices do not fit one
+digit each writes the same genes joined by "-".
+
+Other external formats: OFA's `set_active_subnet(ks, e, d)` lists (20
+per-block entries, 5 depths), NAT's compact `net.subnet` JSON (per-active-block
+lists of length `sum(d)`) and OFA's `net.config`. Every function that reads or
+writes one takes the `SearchSpace` explicitly; `get_space(name)` is the
+registry of named spaces the entry points share.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
+import re
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -154,10 +166,6 @@ class SearchSpace:
     def num_genes(self) -> int:
         return 2 + self.num_blocks
 
-    @property
-    def max_kernel(self) -> int:
-        return self.kernels[-1]
-
     def channels(self, width: float) -> Channels:
         """Stage widths for `width` (OFA's make_divisible rounding)."""
         self.width_index(width)
@@ -169,16 +177,6 @@ class SearchSpace:
             final_expand=make_divisible(n.final_expand * width),
             feature_mix=make_divisible(n.feature_mix * width),
         )
-
-    def block_in_channels(self, width: float) -> tuple[int, ...]:
-        """Input channels of every block slot (num_blocks entries)."""
-        ch = self.channels(width)
-        ins = []
-        c_in = ch.first_block
-        for c_out in ch.stages:
-            ins += [c_in] + [c_out] * (self.max_depth - 1)
-            c_in = c_out
-        return tuple(ins)
 
     def blocks(self, width: float) -> tuple[BlockSlot, ...]:
         """The elastic block slots in order: the one description of the layout
@@ -284,7 +282,8 @@ class SearchSpace:
         ]
         for i in np.flatnonzero((g < lo) | (g > up)):
             raise ValueError(
-                f"Genotype position {i} ({names[i]}) is {g[i]}; allowed {lo[i]}..{up[i]}."
+                f"Genotype position {i} ({names[i]}) is {g[i]}; "
+                f"allowed {lo[i]}..{up[i]}."
             )
         depth = (g[2:].reshape(self.num_stages, self.max_depth) != 0).sum(-1)
         for s, d in enumerate(depth):
@@ -304,9 +303,10 @@ class SearchSpace:
         k_head, k_ops, k_skip = jax.random.split(key, 3)
         up = jnp.asarray(self.upper_bounds)
         lo = jnp.asarray(self.lower_bounds)
-        head = jax.random.randint(k_head, (n, 2), 0, up[:2] + 1)
+        head = jax.random.randint(k_head, (n, 2), 0,
+                                  jnp.broadcast_to(up[:2] + 1, (n, 2)))
         ops = jax.random.randint(k_ops, (n, self.num_blocks), 1, self.num_ops + 1)
-        optional = lo[2:] == 0
+        optional = (lo[2:] == 0)[None, :]
         skip = jax.random.bernoulli(k_skip, p_skip, (n, self.num_blocks)) & optional
         layers = jnp.where(skip, 0, ops)
         genes = jnp.concatenate([head, layers], axis=-1).astype(jnp.int32)
@@ -326,7 +326,8 @@ class SearchSpace:
         op = xp.maximum(layers - 1, 0)
         ks = xp.asarray(self.kernels, xp.int32)[op % len(self.kernels)]
         es = xp.asarray(self.expands, xp.int32)[op // len(self.kernels)]
-        d = active.reshape(active.shape[:-1] + (self.num_stages, self.max_depth)).sum(-1)
+        shape = active.shape[:-1] + (self.num_stages, self.max_depth)
+        d = active.reshape(shape).sum(-1)
         return {
             "ks": xp.where(active, ks, 0).astype(xp.int32),
             "e": xp.where(active, es, 0).astype(xp.int32),
@@ -405,7 +406,61 @@ class SearchSpace:
         )
 
 
+    @classmethod
+    def small(cls) -> "SearchSpace":
+        """OFA's 5 stages x 4 slots (the paper's 22-gene genotype) at small
+        channels for 24..32 px inputs, two widths: the space of the shipped
+        Fashion-MNIST supernet (experiments/configs/pretrain.py). The last
+        stage keeps stride 1 (OFA: 2), so 24-32 px inputs end at 2x2."""
+        return cls(resolutions=(24, 28, 32), widths=(1.0, 1.2), net=NetSpec(
+            first_channels=8, first_block_channels=8,
+            stage_channels=(16, 24, 32, 32, 40), stage_strides=(2, 2, 2, 1, 1),
+            stage_acts=("relu", "relu", "h_swish", "h_swish", "h_swish"),
+            stage_se=(False, True, False, True, True),
+            final_expand=160, feature_mix=224))
+
+
 OFA_MBV3 = SearchSpace()
+
+# The named spaces every entry point accepts (--space / config.space).
+_SPACES = {"ofa_mbv3": OFA_MBV3, "tiny": SearchSpace.tiny(),
+           "small": SearchSpace.small()}
+SPACE_NAMES = tuple(_SPACES)
+
+
+def get_space(name: str) -> SearchSpace:
+    """The registered search space called `name` (see `SPACE_NAMES`)."""
+    if name not in _SPACES:
+        raise ValueError(
+            f"Unknown search space {name!r}; known: {list(SPACE_NAMES)}."
+        )
+    return _SPACES[name]
+
+
+def base_space(space: SearchSpace) -> SearchSpace:
+    """The registered space that `space` restricts, else `space` itself.
+
+    `space` restricts a registered one when it equals it up to a subset of its
+    resolutions and widths (as a run pins its width). Encodings are written in
+    the base space, so they do not depend on such a restriction.
+    """
+    for base in _SPACES.values():
+        if (
+            set(space.resolutions) <= set(base.resolutions)
+            and set(space.widths) <= set(base.widths)
+            and dataclasses.replace(
+                base, resolutions=space.resolutions, widths=space.widths
+            )
+            == space
+        ):
+            return base
+    return space
+
+
+def space_name(space: SearchSpace) -> str | None:
+    """The registered name of `base_space(space)`, or None for a custom space."""
+    base = base_space(space)
+    return next((n for n, s in _SPACES.items() if s == base), None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -426,9 +481,12 @@ class Arch:
         d: Sequence[int],
         resolution: int,
         width: float,
-        space: SearchSpace = OFA_MBV3,
+        space: SearchSpace,
     ) -> "Arch":
-        """From OFA's `set_active_subnet` lists: per-block ks/e, per-stage d."""
+        """From OFA's `set_active_subnet` lists: per-block ks/e, per-stage d.
+
+        `space` is required: e.g. `Arch.from_ofa(ks, e, d, 224, 1.0, OFA_MBV3)`.
+        """
         d = _int_list(d, "d")
         if len(d) != space.num_stages:
             raise ValueError(
@@ -437,8 +495,9 @@ class Arch:
         for name, vals in (("ks", ks), ("e", e)):
             if len(vals) != space.num_blocks:
                 raise ValueError(
-                    f"{name} must have {space.num_blocks} per-block entries, got {len(vals)}"
-                    f" (a compact NAT list of sum(d) entries? use Arch.from_nat_subnet)."
+                    f"{name} must have {space.num_blocks} per-block entries, got "
+                    f"{len(vals)} (a compact NAT list of sum(d) entries? use "
+                    f"Arch.from_nat_subnet)."
                 )
         ks, e = _int_list(ks, "ks"), _int_list(e, "e")
         active = [j < d[s] for s in range(len(d)) for j in range(space.max_depth)]
@@ -453,9 +512,7 @@ class Arch:
         return arch
 
     @classmethod
-    def from_nat_subnet(
-        cls, cfg: Mapping[str, Any], space: SearchSpace = OFA_MBV3
-    ) -> "Arch":
+    def from_nat_subnet(cls, cfg: Mapping[str, Any], space: SearchSpace) -> "Arch":
         """From NAT's `net.subnet` dict (compact or padded ks/e; keys r, w optional).
 
         Compact lists have one entry per active block (length sum(d)) and are
@@ -489,23 +546,35 @@ class Arch:
         return cls.from_ofa(pad_ks, pad_e, d, resolution, width, space)
 
     @classmethod
-    def from_encoding(cls, s: str, space: SearchSpace = OFA_MBV3) -> "Arch":
-        """From NAT's `net.encoding` string: 2-digit resolution index, width, layers."""
+    def from_encoding(cls, s: str, space: SearchSpace) -> "Arch":
+        """From the printed form (see the module docstring; NAT's `net.encoding`
+        in OFA's space), read in `base_space(space)` and checked against `space`.
+        """
         s = s.strip()
-        n = 3 + space.num_blocks
-        if len(s) != n or not s.isdigit():
-            raise ValueError(
-                f"A NAT encoding is {n} digits (2 resolution, 1 width, "
-                f"{space.num_blocks} layers); got {s!r}."
-            )
-        genes = [int(s[0:2]), int(s[2])] + [int(c) for c in s[3:]]
-        return space.decode(genes)
+        base = base_space(space)
+        if _fits_digits(base):
+            n = 3 + base.num_blocks
+            if len(s) != n or not s.isdigit():
+                raise ValueError(
+                    f"An encoding of this space is {n} digits (2 resolution, 1 "
+                    f"width, {base.num_blocks} layers); got {s!r}."
+                )
+            genes = [int(s[0:2]), int(s[2])] + [int(c) for c in s[3:]]
+        else:
+            parts = s.split("-")
+            if len(parts) != base.num_genes or not all(p.isdigit() for p in parts):
+                raise ValueError(
+                    f"An encoding of this space is {base.num_genes} integers joined "
+                    f"by '-'; got {s!r}."
+                )
+            genes = [int(p) for p in parts]
+        return base.decode(genes).validate(space)
 
     @classmethod
     def from_net_config(
         cls,
         cfg: Mapping[str, Any],
-        space: SearchSpace = OFA_MBV3,
+        space: SearchSpace,
         resolution: int | None = None,
     ) -> "Arch":
         """From an OFA-style `net.config` dict (MobileNetV3 with static blocks)."""
@@ -540,7 +609,7 @@ class Arch:
         return cls.from_ofa(ks, e, d, res, width, space)
 
     # --------------------------------------------------------------- checks
-    def validate(self, space: SearchSpace = OFA_MBV3) -> "Arch":
+    def validate(self, space: SearchSpace) -> "Arch":
         space.resolution_index(self.resolution)
         space.width_index(self.width)
         if len(self.d) != space.num_stages:
@@ -575,7 +644,7 @@ class Arch:
         return self
 
     # ------------------------------------------------------------- exports
-    def to_ofa(self, space: SearchSpace = OFA_MBV3) -> dict[str, list[int]]:
+    def to_ofa(self, space: SearchSpace) -> dict[str, list[int]]:
         """OFA `set_active_subnet` kwargs; skipped blocks get the smallest choice."""
         return {
             "ks": [k or space.kernels[0] for k in self.ks],
@@ -583,7 +652,7 @@ class Arch:
             "d": list(self.d),
         }
 
-    def to_nat_subnet(self, space: SearchSpace = OFA_MBV3) -> dict[str, Any]:
+    def to_nat_subnet(self, space: SearchSpace) -> dict[str, Any]:
         """NAT's compact `net.subnet` dict (lists of length sum(d))."""
         ks, e = [], []
         for s, depth in enumerate(self.d):
@@ -598,14 +667,19 @@ class Arch:
             "w": self.width,
         }
 
-    def to_encoding(self, space: SearchSpace = OFA_MBV3) -> str:
-        g = space.encode(self)
-        if g[0] > 99 or space.num_ops > 9:
-            raise ValueError("This space does not fit NAT's one-digit string encoding.")
+    def to_encoding(self, space: SearchSpace) -> str:
+        """The printed form of this subnet (see the module docstring): NAT's
+        `net.encoding` in `base_space(space)`; `parse_arch` reads it back."""
+        self.validate(space)
+        base = base_space(space)
+        g = base.encode(self)
+        if not _fits_digits(base):
+            return "-".join(str(int(x)) for x in g)
         return f"{g[0]:02d}{g[1]}" + "".join(str(int(x)) for x in g[2:])
 
     def as_arrays(self) -> dict[str, jax.Array]:
-        """Traced form for the supernet: int32 ks[num_blocks], e[num_blocks], d[stages]."""
+        """Traced form for the supernet: int32 ks[num_blocks], e[num_blocks],
+        d[num_stages]."""
         return {
             "ks": jnp.asarray(self.ks, jnp.int32),
             "e": jnp.asarray(self.e, jnp.int32),
@@ -614,6 +688,22 @@ class Arch:
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
+
+
+def _fits_digits(space: SearchSpace) -> bool:
+    """NAT's digit string fits: <= 100 resolutions, 10 widths, 9 options."""
+    return len(space.resolutions) <= 100 and len(space.widths) <= 10 and (
+        space.num_ops <= 9
+    )
+
+
+_ENCODING = re.compile(r"\d+(-\d+)*")
+
+
+def is_encoding(text: str) -> bool:
+    """Whether `text` has the shape of the printed form (digits, or ints joined
+    by '-'), as opposed to JSON or a file name."""
+    return bool(_ENCODING.fullmatch(text.strip()))
 
 
 def _xp(x):
@@ -630,27 +720,29 @@ def _int_list(vals: Sequence[Any], name: str) -> list[int]:
     return out
 
 
-def parse_arch(text: str, space: SearchSpace = OFA_MBV3) -> Arch:
-    """An Arch from a NAT encoding string, a JSON list of genes, or a JSON dict.
+def parse_arch(text: str, space: SearchSpace) -> Arch:
+    """An Arch of `space` from its printed form, a JSON gene list, or a JSON dict.
 
-    Dicts may be a `net.subnet` (ks/e/d/r/w, compact or padded), an Arch dump
+    The printed form is `Arch.to_encoding`'s (NAT's `net.encoding` in OFA's
+    space). A gene list is a genotype of `space` itself. Dicts may be a
+    `net.subnet` (ks/e/d/r/w, compact or padded), an Arch dump
     (resolution/width/ks/e/d), or an OFA `net.config` (has "blocks").
     """
     text = text.strip()
-    if text.isdigit():
+    if is_encoding(text):
         return Arch.from_encoding(text, space)
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(
-            f"Cannot parse architecture {text[:60]!r}: expected a NAT "
-            f"encoding string, a JSON list of {space.num_genes} genes, or a "
-            f"net.subnet/net.config JSON ({err.msg})."
+            f"Cannot parse architecture {text[:60]!r}: expected an encoding "
+            f"(as Arch.to_encoding prints it), a JSON list of {space.num_genes} "
+            f"genes, or a net.subnet/net.config JSON ({err.msg})."
         ) from None
     return arch_from_obj(obj, space)
 
 
-def arch_from_obj(obj: Any, space: SearchSpace = OFA_MBV3) -> Arch:
+def arch_from_obj(obj: Any, space: SearchSpace) -> Arch:
     """An Arch from a decoded JSON value (see `parse_arch`)."""
     if isinstance(obj, list):
         return space.decode(obj)
@@ -663,3 +755,21 @@ def arch_from_obj(obj: Any, space: SearchSpace = OFA_MBV3) -> Arch:
             obj["ks"], obj["e"], obj["d"], obj["resolution"], obj["width"], space
         )
     return Arch.from_nat_subnet(obj, space)
+
+
+def load_arch(value: str | None, space: SearchSpace) -> Arch:
+    """An Arch of `space` from a command-line value: inline text (see
+    `parse_arch`) or the path of a file holding it (net.subnet, net.config,
+    net.encoding, an archive row's encoding)."""
+    if value is None or not str(value).strip():
+        raise ValueError(
+            "An architecture is required: an encoding (as reports print it), a "
+            "JSON gene list or dict, or a file holding one."
+        )
+    text = str(value).strip()
+    if text[0] in "[{" or is_encoding(text):
+        return parse_arch(text, space)
+    path = pathlib.Path(text)
+    if not path.is_file():
+        raise ValueError(f"{value!r} is neither an encoding nor a file.")
+    return parse_arch(path.read_text(), space)

@@ -9,6 +9,10 @@ project tensor and their BatchNorm statistics, and no skipped blocks.
 `net_config` is OFA's `net.config` dict for a static MobileNetV3 plus
 top-level "resolution" and "width_mult"; `Arch.from_net_config` parses it
 back and `subnet_from_config` rebuilds the module from it alone.
+
+`Subnet` is `Stem`, the active `Block`s (one per active slot of
+`SearchSpace.blocks`) and `Head`; these three public modules are also what
+`nat_jax.latency` times layer by layer.
 """
 
 from __future__ import annotations
@@ -40,8 +44,134 @@ class BlockSpec:
     residual: bool
 
 
+def _bn(module: nn.Module, h: jax.Array, c: int, name: str, mode: str) -> jax.Array:
+    del module  # called inside `module`'s compact method: the BN is its child
+    return layers.MaskedBatchNorm(c, name=name)(h, jnp.ones((c,), bool), mode)
+
+
+def _stem(module: nn.Module, x: jax.Array, c0: int, c1: int, impl: str, mode: str
+          ) -> jax.Array:
+    """First conv + BN + h_swish and the static first block, with their
+    parameters declared on `module` (so `Subnet` and `Stem` share names)."""
+    w = module.param("first_conv", layers.conv_init, (3, 3, 3, c0))
+    x = layers.conv2d(x, w, 2)
+    x = jax.nn.hard_swish(_bn(module, x, c0, "first_bn", mode))
+    h = layers.depthwise_conv(
+        x, module.param("first_block_dw", layers.conv_init, (3, 3, 1, c0)), 1, impl)
+    h = jax.nn.relu(_bn(module, h, c0, "first_block_dw_bn", mode))
+    h = layers.pointwise(h, module.param("first_block_pw", layers.conv_init,
+                                         (1, 1, c0, c1)))
+    h = _bn(module, h, c1, "first_block_pw_bn", mode)
+    return x + h if c0 == c1 else h
+
+
+def _head(module: nn.Module, x: jax.Array, c_in: int, final_expand: int,
+          feature_mix: int, num_classes: int, dropout_rate: float, mode: str
+          ) -> jax.Array:
+    """Final expand + BN + h_swish, pool, feature mix, dropout, classifier,
+    with their parameters declared on `module`."""
+    x = layers.pointwise(x, module.param("final_expand", layers.conv_init,
+                                         (1, 1, c_in, final_expand)))
+    x = jax.nn.hard_swish(_bn(module, x, final_expand, "final_expand_bn", mode))
+    x = jnp.mean(x, axis=(1, 2))
+    w = module.param("feature_mix", layers.conv_init,
+                     (1, 1, final_expand, feature_mix))
+    x = jax.nn.hard_swish(x @ w[0, 0])
+    x = nn.Dropout(dropout_rate, deterministic=mode != "train")(x)
+    w = module.param("classifier_kernel", layers.linear_init,
+                     (feature_mix, num_classes))
+    b = module.param("classifier_bias", nn.initializers.zeros, (num_classes,))
+    return x @ w + b[None, :]
+
+
+class Stem(nn.Module):
+    """First conv (3x3, stride 2) + BN + h_swish and the static first block
+    (depthwise 3x3, pointwise to `c1`, residual when `c0 == c1`).
+
+    float32[N, R, R, 3] -> float32[N, (R - 1) // 2 + 1, same, c1]; the same
+    code and parameter names as `Subnet`'s stem.
+    """
+
+    c0: int
+    c1: int
+    impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mode: str = "eval") -> jax.Array:
+        impl = self.impl or layers.default_depthwise_impl()
+        return _stem(self, x, self.c0, self.c1, impl, mode)
+
+
+class Head(nn.Module):
+    """Final expand 1x1 + BN + h_swish, global average pool, feature mix +
+    h_swish, dropout, classifier.
+
+    float32[N, H, W, c_in] -> logits float32[N, num_classes]; the same code and
+    parameter names as `Subnet`'s head.
+    """
+
+    c_in: int
+    final_expand: int
+    feature_mix: int
+    num_classes: int
+    dropout_rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mode: str = "eval") -> jax.Array:
+        return _head(self, x, self.c_in, self.final_expand, self.feature_mix,
+                     self.num_classes, self.dropout_rate, mode)
+
+
+class Block(nn.Module):
+    """One static inverted-bottleneck block with its shortcut.
+
+    expand 1x1 + BN + act, depthwise k x k (stride) + BN + act, optional SE,
+    project 1x1 + BN; plus the input when `spec.residual`. float32[N, H, W,
+    c_in] -> float32[N, (H - 1) // stride + 1, same, c_out].
+    """
+
+    spec: BlockSpec
+    impl: str | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mode: str = "eval", drop_rate: float = 0.0,
+                 drop_key: jax.Array | None = None) -> jax.Array:
+        """`mode` as `layers.MaskedBatchNorm`. With `drop_key` and a residual
+        block, the branch is dropped per example with probability `drop_rate`
+        (stochastic depth, kept branches scaled by 1 / (1 - drop_rate))."""
+        s = self.spec
+        impl = self.impl or layers.default_depthwise_impl()
+        act = layers.activation(s.act)
+        h = layers.pointwise(x, self.param("expand_kernel", layers.conv_init,
+                                           (1, 1, s.c_in, s.mid)))
+        h = act(_bn(self, h, s.mid, "expand_bn", mode))
+        k = self.param("depthwise_kernel", layers.conv_init,
+                       (s.kernel, s.kernel, 1, s.mid))
+        h = act(_bn(self, layers.depthwise_conv(h, k, s.stride, impl), s.mid,
+                    "depthwise_bn", mode))
+        if s.use_se:
+            se = ss.make_divisible(s.mid // 4, 8)
+            wr = self.param("se_reduce_kernel", layers.conv_init, (1, 1, s.mid, se))
+            br = self.param("se_reduce_bias", nn.initializers.zeros, (se,))
+            we = self.param("se_expand_kernel", layers.conv_init, (1, 1, se, s.mid))
+            be = self.param("se_expand_bias", nn.initializers.zeros, (s.mid,))
+            g = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ wr[0, 0] + br[None, :])
+            h = h * jax.nn.hard_sigmoid(g @ we[0, 0] + be[None, :])[:, None, None, :]
+        h = layers.pointwise(h, self.param("project_kernel", layers.conv_init,
+                                           (1, 1, s.mid, s.c_out)))
+        y = _bn(self, h, s.c_out, "project_bn", mode)
+        if not s.residual:
+            return y
+        if drop_key is not None and drop_rate > 0:
+            keep = jax.random.bernoulli(drop_key, 1.0 - drop_rate,
+                                        (x.shape[0], 1, 1, 1))
+            y = jnp.where(keep, y / (1.0 - drop_rate), 0.0)
+        return x + y
+
+
 class Subnet(nn.Module):
-    """A static OFA MobileNetV3 (what `extract_subnet` returns)."""
+    """A static OFA MobileNetV3 (what `extract_subnet` returns): `Stem`, the
+    `Block`s, `Head` (parameters flat on this module, blocks as block_i)."""
 
     first_channels: int
     first_block_channels: int
@@ -63,91 +193,30 @@ class Subnet(nn.Module):
         """
         impl = self.depthwise_impl or layers.default_depthwise_impl()
         mode = "train" if train else "eval"
-
-        def bn(h, c, name):
-            return layers.MaskedBatchNorm(c, name=name)(h, jnp.ones((c,), bool), mode)
-
-        c0, c1 = self.first_channels, self.first_block_channels
-        w = self.param("first_conv", layers.conv_init, (3, 3, 3, c0))
-        x = layers.conv2d(x, w, 2)
-        x = jax.nn.hard_swish(bn(x, c0, "first_bn"))
-        h = layers.depthwise_conv(
-            x, self.param("first_block_dw", layers.conv_init, (3, 3, 1, c0)), 1, impl)
-        h = jax.nn.relu(bn(h, c0, "first_block_dw_bn"))
-        h = layers.pointwise(h, self.param("first_block_pw", layers.conv_init,
-                                           (1, 1, c0, c1)))
-        h = bn(h, c1, "first_block_pw_bn")
-        x = x + h if c0 == c1 else h
+        x = _stem(self, x, self.first_channels, self.first_block_channels, impl,
+                  mode)
         for i, spec in enumerate(self.blocks):
-            y = _StaticBlock(spec, impl, name=f"block_{i + 1}")(x, mode)
             rate = self.drop_connect_rate * (i + 1) / len(self.blocks)
-            if spec.residual and train and rate > 0:
-                keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - rate,
-                                            (x.shape[0], 1, 1, 1))
-                y = jnp.where(keep, y / (1.0 - rate), 0.0)
-            x = x + y if spec.residual else y
-        c = self.blocks[-1].c_out if self.blocks else c1
-        x = layers.pointwise(x, self.param("final_expand", layers.conv_init,
-                                           (1, 1, c, self.final_expand)))
-        x = jax.nn.hard_swish(bn(x, self.final_expand, "final_expand_bn"))
-        x = jnp.mean(x, axis=(1, 2))
-        w = self.param("feature_mix", layers.conv_init,
-                       (1, 1, self.final_expand, self.feature_mix))
-        x = jax.nn.hard_swish(x @ w[0, 0])
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        w = self.param("classifier_kernel", layers.linear_init,
-                       (self.feature_mix, self.num_classes))
-        return x @ w + self.param("classifier_bias", nn.initializers.zeros,
-                                  (self.num_classes,))
-
-
-class _StaticBlock(nn.Module):
-    spec: BlockSpec
-    impl: str
-
-    @nn.compact
-    def __call__(self, x, mode):
-        s = self.spec
-        act = layers.activation(s.act)
-
-        def bn(h, c, name):
-            return layers.MaskedBatchNorm(c, name=name)(h, jnp.ones((c,), bool), mode)
-
-        h = layers.pointwise(x, self.param("expand_kernel", layers.conv_init,
-                                           (1, 1, s.c_in, s.mid)))
-        h = act(bn(h, s.mid, "expand_bn"))
-        k = self.param("depthwise_kernel", layers.conv_init,
-                       (s.kernel, s.kernel, 1, s.mid))
-        h = act(bn(layers.depthwise_conv(h, k, s.stride, self.impl), s.mid,
-                   "depthwise_bn"))
-        if s.use_se:
-            se = ss.make_divisible(s.mid // 4, 8)
-            wr = self.param("se_reduce_kernel", layers.conv_init, (1, 1, s.mid, se))
-            br = self.param("se_reduce_bias", nn.initializers.zeros, (se,))
-            we = self.param("se_expand_kernel", layers.conv_init, (1, 1, se, s.mid))
-            be = self.param("se_expand_bias", nn.initializers.zeros, (s.mid,))
-            g = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ wr[0, 0] + br)
-            h = h * jax.nn.hard_sigmoid(g @ we[0, 0] + be)[:, None, None, :]
-        h = layers.pointwise(h, self.param("project_kernel", layers.conv_init,
-                                           (1, 1, s.mid, s.c_out)))
-        return bn(h, s.c_out, "project_bn")
+            key = (self.make_rng("dropout")
+                   if spec.residual and train and rate > 0 else None)
+            x = Block(spec, impl, name=f"block_{i + 1}")(x, mode, rate, key)
+        c = self.blocks[-1].c_out if self.blocks else self.first_block_channels
+        return _head(self, x, c, self.final_expand, self.feature_mix,
+                     self.num_classes, self.dropout_rate, mode)
 
 
 def _block_specs(space: ss.SearchSpace, width: float, arch: ss.Arch
                  ) -> list[tuple[int, BlockSpec]]:
     """(supernet block index, spec) of the active blocks of `arch`."""
-    ch = space.channels(width)
-    out, c_in = [], ch.first_block
-    for s, c_out in enumerate(ch.stages):
-        for j in range(arch.d[s]):
-            b = s * space.max_depth + j
-            stride = space.net.stage_strides[s] if j == 0 else 1
-            mid = space.mid_channels(c_in, arch.e[b])
-            out.append((b + 1, BlockSpec(
-                c_in, c_out, arch.ks[b], stride, arch.e[b], mid,
-                space.net.stage_acts[s], space.net.stage_se[s],
-                stride == 1 and c_in == c_out)))
-            c_in = c_out
+    out = []
+    for slot in space.blocks(width):
+        if slot.position >= arch.d[slot.stage]:
+            continue
+        e = arch.e[slot.index]
+        out.append((slot.index + 1, BlockSpec(
+            slot.c_in, slot.c_out, arch.ks[slot.index], slot.stride, e,
+            space.mid_channels(slot.c_in, e), slot.act, slot.use_se,
+            slot.stride == 1 and slot.c_in == slot.c_out)))
     return out
 
 

@@ -17,7 +17,11 @@ block's BatchNorms see `mask = False` and keep their running statistics, as do
 inactive channels.
 
 `recalibrate_bn` re-estimates one subnet's BatchNorm statistics as OFA's
-`set_running_statistics` does; `predict` gives eval-mode logits.
+`set_running_statistics` does (for the masked supernet and, with `arch=None`,
+for an extracted static subnet: the one re-calibration of nat-jax);
+`predict` gives eval-mode logits. Both accept an input size outside the
+search space's resolutions through `resolution=` (the network is fully
+convolutional; OFA's published subnets use e.g. 160 px).
 """
 
 from __future__ import annotations
@@ -32,9 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from nat_jax import checkpoint, layers
-from nat_jax.elastic_block import ElasticBlock
 from nat_jax import search_space as ss
-
+from nat_jax.elastic_block import ElasticBlock
 
 EXEC_MODES = ("masked", "switch")
 
@@ -43,7 +46,8 @@ def default_exec_mode(single_subnet_eval: bool = False) -> str:
     """What `exec_mode=None` resolves to.
 
     "switch" for forward-only single-subnet calls (`predict`,
-    `recalibrate_bn`) on CPU, where it measured 1.5x the masked eval rate;
+    `recalibrate_bn`, `evaluation.evaluate_subnets` with one subnet per
+    call) on CPU, where it measured 1.5x the masked eval rate;
     "masked" otherwise: training steps (switch measured 1.5x faster per step
     on CPU but compiles 4-5x longer; pass it explicitly for long runs),
     vmapped evaluation (switch would compute every branch), and other
@@ -54,7 +58,12 @@ def default_exec_mode(single_subnet_eval: bool = False) -> str:
     return "masked"
 
 
-def _single_subnet_eval(model: "Supernet") -> "Supernet":
+def for_single_subnet(model: "Supernet") -> "Supernet":
+    """`model` with exec_mode=None resolved for forward-only single-subnet use.
+
+    What `predict`, `recalibrate_bn` and single-subnet evaluation apply; an
+    explicit exec_mode is kept.
+    """
     if model.exec_mode is None:
         return model.clone(exec_mode=default_exec_mode(single_subnet_eval=True))
     return model
@@ -71,9 +80,11 @@ class Supernet(nn.Module):
       depthwise_impl: "conv" | "shift" | None (None: per backend, see
         `layers.default_depthwise_impl`).
       exec_mode: "masked" | "switch" | None (None: "masked" in `apply`,
-        "switch" in `predict` / `recalibrate_bn` on CPU; `default_exec_mode`). "switch" runs only the active subnet (lax.cond /
-        lax.switch per block); under `vmap` over architectures those become
-        selects that compute every branch, so vmapped uses want "masked".
+        "switch" in `predict` / `recalibrate_bn` on CPU; see
+        `default_exec_mode`). "switch" runs only the active subnet
+        (lax.cond / lax.switch per block); under `vmap` over architectures
+        those become selects that compute every branch, so vmapped uses
+        want "masked".
     """
 
     space: ss.SearchSpace
@@ -128,23 +139,18 @@ class Supernet(nn.Module):
         x = x + h if ch.first == ch.first_block else h
 
         c_in = ch.first_block
-        for s, c_out in enumerate(ch.stages):
-            for j in range(sp.max_depth):
-                b = s * sp.max_depth + j
-                gate = yes if j < sp.min_depth else (j < arch["d"][s])
-                block = ElasticBlock(
-                    c_in=c_in, c_out=c_out,
-                    stride=sp.net.stage_strides[s] if j == 0 else 1,
-                    act=sp.net.stage_acts[s], use_se=sp.net.stage_se[s],
-                    kernels=sp.kernels, expands=sp.expands, impl=impl,
-                    exec_mode=exec_mode, skippable=j >= sp.min_depth,
-                    name=f"block_{b + 1}")
-                y = block(x, arch["ks"][b], arch["e"][b], gate, mode)
-                if j == 0:
-                    x = y
-                else:
-                    x = jnp.where(gate, x + y, x)
-                c_in = c_out
+        for slot in sp.blocks(self.width):
+            b = slot.index
+            gate = (arch["d"][slot.stage] > slot.position if slot.skippable
+                    else yes)
+            block = ElasticBlock(
+                c_in=slot.c_in, c_out=slot.c_out, stride=slot.stride,
+                act=slot.act, use_se=slot.use_se, kernels=sp.kernels,
+                expands=sp.expands, impl=impl, exec_mode=exec_mode,
+                skippable=slot.skippable, name=f"block_{b + 1}")
+            y = block(x, arch["ks"][b], arch["e"][b], gate, mode)
+            x = y if slot.position == 0 else jnp.where(gate, x + y, x)
+            c_in = slot.c_out
 
         w = self.param("final_expand", layers.conv_init, (1, 1, c_in, ch.final_expand))
         x = layers.pointwise(x, w)
@@ -159,7 +165,7 @@ class Supernet(nn.Module):
         w = self.param("classifier_kernel", layers.linear_init,
                        (ch.feature_mix, self.num_classes))
         b = self.param("classifier_bias", nn.initializers.zeros, (self.num_classes,))
-        return x @ w + b
+        return x @ w + b[None, :]
 
 
 def _check_exec_mode(mode) -> None:
@@ -264,7 +270,19 @@ def variable_shapes(model: Supernet, resolution: int | None = None) -> dict:
     return dict(jax.eval_shape(lambda k: model.init(k, x, arch), jax.random.key(0)))
 
 
-def _check_arch(model: Supernet, arch: ss.Arch, images: jax.Array) -> None:
+def check_resolution(resolution) -> int:
+    """`resolution` as an int input side (ValueError unless a positive int).
+
+    Any side runs (k // 2 padding, global pooling): the search space's
+    resolutions bound the search, not what a subnet can be evaluated at.
+    """
+    if isinstance(resolution, bool) or int(resolution) != resolution or resolution < 1:
+        raise ValueError(f"resolution must be a positive integer, got {resolution!r}.")
+    return int(resolution)
+
+
+def _check_arch(model: Supernet, arch: ss.Arch, images: jax.Array,
+                resolution: int | None = None) -> None:
     if abs(arch.width - model.width) > 1e-9:
         raise ValueError(f"Arch width {arch.width} does not match the supernet's "
                          f"width {model.width}.")
@@ -275,27 +293,71 @@ def _check_arch(model: Supernet, arch: ss.Arch, images: jax.Array) -> None:
                          f"{sp.num_blocks} ks/e entries and {sp.num_stages} depths.")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be [N, H, W, 3] (NHWC), got {images.shape}.")
-    if images.shape[1:3] != (arch.resolution, arch.resolution):
-        raise ValueError(f"images are {images.shape[1]}x{images.shape[2]} but the "
-                         f"arch's resolution is {arch.resolution}; resize first.")
+    h, w = images.shape[1:3]
+    if resolution is None:
+        if (h, w) != (arch.resolution, arch.resolution):
+            raise ValueError(
+                f"images are {h}x{w} but the arch's resolution is "
+                f"{arch.resolution}; resize first, or pass resolution={h} to run "
+                f"the subnet at another input size.")
+    elif (h, w) != (check_resolution(resolution),) * 2:
+        raise ValueError(f"images are {h}x{w} but resolution={resolution}; pass "
+                         f"{resolution}x{resolution} images.")
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _predict(model, variables, images, arrays):
-    return _single_subnet_eval(model).apply(variables, images, arrays, train=False)
+    return for_single_subnet(model).apply(variables, images, arrays, train=False)
 
 
 def predict(model: Supernet, variables: dict, images_nhwc: jax.Array,
-            arch: ss.Arch) -> jax.Array:
+            arch: ss.Arch, *, resolution: int | None = None) -> jax.Array:
     """Eval-mode logits float32[N, num_classes] of subnet `arch`.
 
     Jitted inside; one compile per (model, resolution, batch size).
+
+    Args:
+      images_nhwc: float32[N, R, R, 3] with R = arch.resolution, or R =
+        `resolution` when given.
+      resolution: run the subnet at this input side instead of
+        arch.resolution (any positive size, inside the search space or not,
+        e.g. OFA's 160 px); None: the images must be at arch.resolution.
     """
     images_nhwc = jnp.asarray(images_nhwc, jnp.float32)
-    _check_arch(model, arch, images_nhwc)
+    _check_arch(model, arch, images_nhwc, resolution)
     variables = {"params": variables["params"],
                  "batch_stats": variables["batch_stats"]}
     return _predict(model, variables, images_nhwc, arch.as_arrays())
+
+
+# --------------------------------------------------------- BN re-calibration
+def _collect_bn(next_fun, args, kwargs, context):
+    """Method interceptor: every `layers.MaskedBatchNorm` runs in "collect" mode."""
+    if (isinstance(context.module, layers.MaskedBatchNorm)
+            and context.method_name == "__call__"):
+        mask = args[1] if len(args) > 1 else kwargs["mask"]
+        return next_fun(args[0], mask, "collect")
+    return next_fun(*args, **kwargs)
+
+
+def _batch_moments(model, variables, images, arrays) -> dict:
+    """{BN path: {"mean", "var", "mask"}} of one batch (biased variance).
+
+    The masked supernet (`arrays` given) runs with bn_mode="collect"; a
+    static module (`arrays` None, e.g. `subnet.Subnet`) runs in eval mode
+    (no dropout) with every MaskedBatchNorm switched to "collect".
+    """
+    if arrays is None:
+        with nn.intercept_methods(_collect_bn):
+            _, out = model.apply(variables, images, train=False,
+                                 mutable=["bn_stats"])
+    else:
+        _, out = for_single_subnet(model).apply(
+            variables, images, arrays, bn_mode="collect", mutable=["bn_stats"])
+    flat = flax.traverse_util.flatten_dict(dict(out).get("bn_stats", {}))
+    paths = {p[:-1] for p in flat}
+    return {path: {s: flat[path + (s,)] for s in ("mean", "var", "mask")}
+            for path in paths}
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -305,13 +367,16 @@ def _collect_step(model, variables, images, arrays, acc):
     acc, result: {BN path: {"mean", "var"}} float32 sums; masks: {BN path:
     bool[C]}. One compile per (model, resolution, batch shape).
     """
-    _, out = _single_subnet_eval(model).apply(variables, images, arrays,
-                                              bn_mode="collect", mutable=["bn_stats"])
-    flat = flax.traverse_util.flatten_dict(out["bn_stats"])
+    moments = _batch_moments(model, variables, images, arrays)
+    missing = sorted(set(acc) - set(moments))
+    if missing:
+        raise ValueError(
+            f"BatchNorm {'/'.join(missing[0])} recorded no statistics: "
+            f"recalibrate_bn needs every BatchNorm to be a layers.MaskedBatchNorm.")
     n = images.shape[0]
-    new = {path: {s: acc[path][s] + n * flat[path + (s,)] for s in ("mean", "var")}
+    new = {path: {s: acc[path][s] + n * moments[path][s] for s in ("mean", "var")}
            for path in acc}
-    return new, {path: flat[path + ("mask",)] for path in acc}
+    return new, {path: moments[path]["mask"] for path in acc}
 
 
 @jax.jit
@@ -330,34 +395,63 @@ def _merge_stats(batch_stats, acc, masks, total):
     return flax.traverse_util.unflatten_dict(out)
 
 
-def recalibrate_bn(model: Supernet, variables: dict, arch: ss.Arch,
-                   batches: Iterable) -> dict:
+def _batch_images(batch) -> jax.Array:
+    """float32 images of a batch: an array, (images, labels) or {"image": ...}."""
+    if isinstance(batch, dict):
+        images = batch["image"]
+    elif isinstance(batch, (tuple, list)):
+        images = batch[0]
+    else:
+        images = batch
+    if not isinstance(images, jax.Array):
+        return jnp.asarray(images, jnp.float32)
+    return images if images.dtype == jnp.float32 else images.astype(jnp.float32)
+
+
+def recalibrate_bn(model: nn.Module, variables: dict, arch: ss.Arch | None,
+                   batches: Iterable, *, resolution: int | None = None) -> dict:
     """OFA's `set_running_statistics` for one subnet; returns new variables.
 
     Each batch is forwarded with batch-statistic BN; every BatchNorm of the
     subnet records the batch mean and BIASED variance of its input; the new
     running mean/var are the batch-size-weighted averages over `batches`.
-    Only the subnet's active channels of its active blocks are overwritten:
-    inactive channels and skipped blocks keep their previous statistics
-    (OFA copies `[:active]` and never touches skipped blocks). Momentum is
-    not used. Forward and accumulation are one jitted call per batch (one
-    compile per resolution and batch shape), the final merge another.
+    For the masked supernet only the subnet's active channels of its active
+    blocks are overwritten: inactive channels and skipped blocks keep their
+    previous statistics (OFA copies `[:active]` and never touches skipped
+    blocks). Momentum is not used. Forward and accumulation are one jitted
+    call per batch (one compile per resolution and batch shape), the final
+    merge another. This is nat-jax's only re-calibration: the static
+    subnet's (`evaluation.recalibrate_static_bn`) is this with `arch=None`.
 
     Args:
-      batches: iterable of images float32[N, R, R, 3] or (images, labels)
-        tuples (a DataLoader-like stream); all at `arch.resolution`.
+      model: the `Supernet`, or with `arch=None` a static module whose
+        BatchNorms are all `layers.MaskedBatchNorm` and whose `apply` takes
+        (images, train=False), e.g. `subnet.Subnet` (every BN re-estimated).
+      variables: {"params", "batch_stats"} of `model`.
+      arch: the supernet's subnet; None for a static module.
+      batches: iterable of images float32[N, R, R, 3], (images, labels)
+        tuples (a DataLoader-like stream) or {"image": images} dicts; all at
+        `arch.resolution` (or `resolution`).
+      resolution: the input side when it differs from arch.resolution (any
+        positive size, see `predict`).
+
+    Returns:
+      `variables` with the new "batch_stats".
     """
-    arrays = arch.as_arrays()
+    if (arch is None) == isinstance(model, Supernet):
+        raise ValueError("Pass an arch for the masked Supernet and arch=None for a "
+                         "static subnet module.")
+    arrays = None if arch is None else arch.as_arrays()
     params_only = {"params": variables["params"],
                    "batch_stats": variables["batch_stats"]}
     total, acc, masks = 0, _zero_acc(variables["batch_stats"]), None
     for batch in batches:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        if not isinstance(images, jax.Array):
-            images = jnp.asarray(images, jnp.float32)
-        elif images.dtype != jnp.float32:
-            images = images.astype(jnp.float32)
-        _check_arch(model, arch, images)
+        images = _batch_images(batch)
+        if arch is not None:
+            _check_arch(model, arch, images, resolution)
+        elif images.ndim != 4:
+            raise ValueError(f"images must be [N, H, W, C] (NHWC), got "
+                             f"{images.shape}.")
         acc, masks = _collect_step(model, params_only, images, arrays, acc)
         total += images.shape[0]
     if masks is None:

@@ -123,7 +123,7 @@ def hypervolume(F, ref, key: jax.Array | None = None, n_samples: int = 200_000
     lo = F.min(0)
     box = float(np.prod(ref - lo))
     u = jax.random.uniform(key, (n_samples, m), jnp.float32)
-    pts = jnp.asarray(lo) + u * jnp.asarray(ref - lo)
+    pts = jnp.asarray(lo)[None, :] + u * jnp.asarray(ref - lo)[None, :]
     Fj = jnp.asarray(F, jnp.float32)
 
     def chunk(p):

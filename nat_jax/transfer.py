@@ -1,7 +1,8 @@
 """Neural Architecture Transfer end to end (paper Algorithm 1), resumable.
 
-`run(config, workdir)` alternates, after a warm-up adaptation of the new
-classifier:
+`run(config, workdir)` reads as Algorithm 1: an initial archive of uniformly
+sampled subnets (plus the smallest and largest), a warm-up adaptation of the
+new classifier, then per iteration:
 
   1. adapt the supernet (Algorithm 5; one subnet per batch sampled from the
      archive's per-gene distribution, Eq. 3);
@@ -9,14 +10,21 @@ classifier:
      (BN re-calibration, then validation top-1/top-5);
   3. fit the RBF-ensemble predictor and run the evolutionary search
      (Algorithms 2-4) on predicted error plus the complexity objectives;
-  4. add the K chosen candidates to the archive and evaluate them.
+  4. add the K chosen candidates to the archive and evaluate them;
 
-Everything a rerun needs lives in `workdir`: `config.json`, `archive.json`
+and at the end picks the high trade-off subnets (Appendix C) plus the most
+accurate one. Config-to-objects lives in `run_config`, the starting supernet
+in `task_supernet`, the workdir protocol in `workdir`.
+
+Everything a rerun needs lives in `workdir`: `config.json`, `data.json`
+(the split's fingerprint: a rerun on other data is refused), `archive.json`
 (written after every evaluated subnet), orbax checkpoints of the train state
 (every `adapt.checkpoint_every` steps), `metrics.jsonl` (one line per
 iteration), `progress.json`, plots and, at the end, `report.md` and the
-params-only task supernet under `supernet/`. Rerunning the same command
-continues from the last completed step and never repeats finished work.
+params-only task supernet under `supernet/`. Nothing is written before the
+config, data, objectives and supernet have been checked. Rerunning the same
+command continues from the last completed step and never repeats finished
+work.
 
 Fault injection (for the resume tests): NAT_JAX_KILL_AT="adapt:S" sends
 SIGKILL to this process right after global adaptation step S;
@@ -34,381 +42,387 @@ import pathlib
 import shutil
 import signal
 import time
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
-from nat_jax import adaptation, checkpoint, data, evaluation, evolution, objectives
-from nat_jax import pipeline
-from nat_jax import rank_stats, reporting, sharding
-from nat_jax import search_space as ss
-from nat_jax import workdir as workdir_lib
+from nat_jax import (
+    adaptation,
+    checkpoint,
+    data,
+    evaluation,
+    evolution,
+    pipeline,
+    rank_stats,
+    reporting,
+    run_config,
+    sharding,
+    task_supernet,
+    tradeoff,
+    training,
+)
 from nat_jax import supernet as supernet_lib
-from nat_jax import tradeoff
+from nat_jax import workdir as workdir_lib
 from nat_jax.archive import Archive
+
+
+# ----------------------------------------------------------- Algorithm 1
+def run(config, workdir: str | os.PathLike) -> dict:
+    """Runs (or resumes) NAT with `config` in `workdir`; returns the summary.
+
+    Raises:
+      ValueError, FileNotFoundError: a bad config field, missing data, an
+        unknown objective, a missing or mismatched supernet, a workdir of
+        another run or of other data; all before anything is written.
+    """
+    workdir = pathlib.Path(workdir)
+    run_config.validate(config)
+    if _finished(workdir, config):
+        logging.info("%s holds a finished run; nothing to do.", workdir)
+        return json.loads((workdir / "result.json").read_text())
+    key = jax.random.key(config.seed)
+    task = run_config.load_task(config)                    # data and objectives
+    model, variables = task_supernet.from_config(
+        config, task.space, task.num_classes, jax.random.fold_in(key, 2))
+    _claim_workdir(workdir, config, task.dataset)          # the first write
+    r = _setup(config, workdir, task, model, variables, key)
+    archive = initial_archive(r)                           # uniform + min + max
+    done = {m["iteration"] for m in workdir_lib.read_jsonl(workdir / "metrics.jsonl")}
+    for it in range(config.search.iterations):
+        if it in done:
+            continue
+        times = {}
+        t0 = time.time()
+        r.state = adapt_round(r, archive, it)              # Algorithm 5
+        times["adapt"] = time.time() - t0
+        times["evaluate"] = evaluate_pending(r, archive, version=it + 1)
+        if not any(e.iteration == it + 1 for e in archive.entries):
+            times["search"] = search(r, archive, it)       # Algorithms 2-4
+        times["evaluate_new"] = evaluate_pending(r, archive, version=it + 1)
+        record_iteration(r, archive, it, times)
+    summary = finish(r, archive)                           # Appendix C picks
+    workdir_lib.write_json(workdir / "progress.json", {"done": True})
+    return summary
+
+
+# --------------------------------------------------------------- set-up
+@dataclasses.dataclass
+class _Run:
+    """What the phases of one run share (host side); `state` changes."""
+
+    config: Any
+    workdir: pathlib.Path
+    task: run_config.Task
+    model: supernet_lib.Supernet
+    key: jax.Array
+    mesh: jax.sharding.Mesh
+    adapt_cfg: adaptation.AdaptConfig
+    eval_cfg: evaluation.EvalConfig
+    search_cfg: evolution.SearchConfig
+    steps_per_round: list[int]
+    ckpt: checkpoint.TrainCheckpointer
+    loader: pipeline.TrainLoader
+    calibration: pipeline.CalibrationSet
+    state: training.TrainState
+    eta: reporting.RunEta
+
+    @property
+    def total_steps(self) -> int:
+        return max(sum(self.steps_per_round), 1)
+
+    def variables(self) -> dict:
+        return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+
+
+def _finished(workdir: pathlib.Path, config) -> bool:
+    """True when `workdir` holds a finished run of this very config."""
+    done, cfg = workdir / "progress.json", workdir / "config.json"
+    if not (done.is_file() and cfg.is_file()):
+        return False
+    try:
+        finished = json.loads(done.read_text()).get("done")
+        same = not workdir_lib.config_diff(json.loads(cfg.read_text()),
+                                           config.to_dict())
+    except json.JSONDecodeError:
+        return False  # check_config names the corrupt file
+    return bool(finished and same)
+
+
+def _claim_workdir(workdir: pathlib.Path, config, dataset: data.Dataset) -> None:
+    """Writes (or checks) config.json and the data split's fingerprint."""
+    workdir_lib.check_config(workdir, config.to_dict())
+    check_split(workdir, dataset)
+
+
+def check_split(workdir: pathlib.Path, dataset: data.Dataset) -> None:
+    """Records the split a run uses in data.json; refuses a different one.
+
+    Raises:
+      ValueError: data.json holds another split fingerprint (files added,
+        removed or renamed since the run started), or is corrupt.
+    """
+    path = workdir / "data.json"
+    sizes = {s.name: len(s) for s in (dataset.train, dataset.val, dataset.test)
+             if s is not None}
+    info = {"split_fingerprint": data.split_fingerprint(dataset), "sizes": sizes,
+            "num_classes": dataset.num_classes}
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} is corrupt; use a new --workdir.") from None
+        if old.get("split_fingerprint") != info["split_fingerprint"]:
+            raise ValueError(
+                f"--workdir {workdir} was started on other data: the train/val/"
+                f"test split of {dataset.spec.name} has changed since (files added,"
+                f" removed or renamed; images per split {old.get('sizes')} -> "
+                f"{sizes}); restore the data or use a new --workdir.")
+        return
+    workdir_lib.write_json(path, info)
+
+
+def _setup(config, workdir: pathlib.Path, task: run_config.Task, model, variables,
+           key: jax.Array) -> _Run:
+    """Mesh, step plan, train state and loader (restored if checkpointed)."""
+    a = config.adapt
+    n = len(task.dataset.train) // a.batch_size
+    steps_per_epoch = max(1, min(n, a.max_steps_per_epoch) if a.max_steps_per_epoch
+                          else n)
+    steps_per_round = [a.warmup_epochs * steps_per_epoch] + [
+        a.epochs_per_iter * steps_per_epoch] * (config.search.iterations - 1)
+    adapt_cfg = run_config.adapt_config(a)
+    mesh = sharding.data_mesh()
+    ckpt = checkpoint.TrainCheckpointer(str(workdir / "ckpt"), max_to_keep=2)
+    state = adaptation.create_train_state(model, variables, adapt_cfg,
+                                          max(sum(steps_per_round), 1),
+                                          jax.random.fold_in(key, 1))
+    if ckpt.latest_step() is not None:
+        state, extra = ckpt.restore(state)
+        loader = pipeline.TrainLoader.restore(task.dataset.train, extra["loader"],
+                                              num_devices=mesh.size)
+        logging.info("Resuming adaptation from step %d.", int(state.step))
+    else:
+        loader = pipeline.TrainLoader(task.dataset.train, a.batch_size,
+                                      seed=config.seed, num_devices=mesh.size)
+    calibration = pipeline.CalibrationSet(
+        task.dataset.train, config.eval.calib_images, config.eval.calib_batch_size,
+        seed=config.seed, num_devices=mesh.size)
+    return _Run(config=config, workdir=workdir, task=task, model=model, key=key,
+                mesh=mesh, adapt_cfg=adapt_cfg, eval_cfg=run_config.eval_config(config),
+                search_cfg=run_config.search_config(config.search),
+                steps_per_round=steps_per_round, ckpt=ckpt, loader=loader,
+                calibration=calibration, state=state, eta=reporting.RunEta(
+                    {"adapt": "steps", "evaluate": "subnets", "search": "searches"}))
+
+
+# --------------------------------------------------------------- phases
+def initial_archive(r: _Run) -> Archive:
+    """The archive of `archive.json`, or a new one: `search.archive_init`
+    uniform samples plus the smallest and the largest subnet (unmeasured)."""
+    path = r.workdir / "archive.json"
+    space = r.task.space
+    if path.exists():
+        arc = Archive.load(path, space)
+        logging.info("Resuming: archive of %d subnets from %s", len(arc), path)
+        return arc
+    arc = Archive(space)
+    init = np.asarray(space.sample(jax.random.fold_in(r.key, 3),
+                                   r.config.search.archive_init))
+    ends = [space.encode(space.min_arch()), space.encode(space.max_arch())]
+    genes = np.concatenate([init, np.stack(ends)])
+    arc.add(genes, iteration=0, objectives=_objectives(r, genes))
+    arc.save(path)
+    return arc
+
+
+def _objectives(r: _Run, genes: np.ndarray) -> list[dict[str, float]]:
+    vals = np.asarray(r.task.complexity(np.asarray(genes, np.int32)))
+    return [{n: float(v) for n, v in zip(r.task.names[1:], row)} for row in vals]
+
+
+def adapt_round(r: _Run, archive: Archive, it: int) -> training.TrainState:
+    """Adaptation round `it` (0 = warm-up) up to its cumulative step target."""
+    target = sum(r.steps_per_round[:it + 1])
+    done = int(r.state.step)
+    if done >= target:
+        return r.state
+    probs = adaptation.gene_distribution(r.task.space, archive.genes(),
+                                         r.adapt_cfg.floor)
+    logging.info("Adaptation round %d: global steps %d..%d of %d", it, done, target,
+                 r.total_steps)
+    prog = reporting.Progress(f"adapt round {it}", target - done)
+
+    def progress(step, d):
+        prog.update(step + 1 - done, f"loss={d['loss']:.3f} lr={d['lr']:.4f}")
+        _maybe_kill("adapt", step + 1)
+
+    state, m = adaptation.adapt(r.state, r.model, r.loader, probs, target - done,
+                                r.adapt_cfg, mesh=r.mesh, checkpointer=r.ckpt,
+                                progress=progress)
+    logging.info("Adaptation round %d done: mean loss %.3f, %.0f images/s", it,
+                 m["loss"], m["images_per_s"])
+    r.eta.observe("adapt", prog.seconds_per_unit)
+    r.state = state
+    _log_eta(r, archive, it)
+    return state
+
+
+def evaluate_pending(r: _Run, archive: Archive, version: int) -> float:
+    """Measures every member not yet evaluated with weights `version`.
+
+    Subnets are evaluated grouped by resolution (one compile each) and the
+    archive is saved after every subnet, so a crash loses at most one.
+    Returns the seconds taken.
+    """
+    todo = archive.pending(version)
+    if not todo:
+        return 0.0
+    t0 = time.time()
+    prog = reporting.Progress(f"evaluate (weights v{version})", len(todo),
+                              unit="subnet")
+    by_res: dict[int, list[int]] = {}
+    for i in todo:
+        by_res.setdefault(archive.entries[i].genes[0], []).append(i)
+    variables, count = r.variables(), [0]
+    for idx in by_res.values():
+        def record(j, n, res, idx=idx):
+            archive.record(idx[j], res["top1"], res["top5"], version)
+            archive.save(r.workdir / "archive.json")
+            count[0] += 1
+            prog.update(count[0], f"top1={res['top1']:.2f}")
+            if version >= 2:
+                _maybe_kill("evaluate", count[0])
+
+        evaluation.evaluate_subnets(
+            r.model, variables, [archive.entries[i].genes for i in idx],
+            r.task.space, r.task.dataset.val, r.task.dataset.train, r.eval_cfg,
+            mesh=r.mesh, progress=record, calibration=r.calibration)
+    r.eta.observe("evaluate", prog.seconds_per_unit)
+    _log_eta(r, archive, version - 1)
+    return time.time() - t0
+
+
+def search(r: _Run, archive: Archive, it: int) -> float:
+    """Fits the predictor, searches, adds the K candidates (iteration it + 1).
+
+    Returns the seconds taken.
+    """
+    t0 = time.time()
+    result = evolution.search(jax.random.fold_in(r.key, 1000 + it), r.task.space,
+                              archive.genes(), archive.errors(), r.task.complexity,
+                              r.search_cfg)
+    ok = np.asarray(result.candidate_valid)
+    cands = np.asarray(r.task.space.canonicalize(np.asarray(result.candidates)))[ok]
+    pred_err = np.asarray(result.candidate_objectives)[ok, 0]
+    added = archive.add(cands, iteration=it + 1, objectives=_objectives(r, cands))
+    for i in added:
+        row = np.flatnonzero((cands == archive.entries[i].genes).all(-1))[0]
+        archive.entries[i].predicted_top1 = float(100.0 - pred_err[row])
+    archive.save(r.workdir / "archive.json")
+    seconds = time.time() - t0
+    r.eta.observe("search", seconds)
+    return seconds
+
+
+def record_iteration(r: _Run, archive: Archive, it: int, times: dict) -> None:
+    """metrics.jsonl line, TensorBoard scalars, front plot and a log line."""
+    metrics = iteration_metrics(r, archive, it, times)
+    workdir_lib.append_jsonl(r.workdir / "metrics.jsonl", metrics)
+    reporting.write_scalars(r.workdir / "tensorboard", it, metrics)
+    reporting.plot_front(r.workdir / "plots" / f"front_iter_{it:02d}.png", archive,
+                         r.task.names, front_indices(archive, r.task.names), [],
+                         r.config.baselines.to_dict(),
+                         title=f"NAT on {r.config.dataset}: iteration {it}")
+    logging.info("Iteration %d/%d: archive %d, HV %.4f, best top-1 %.2f%%, "
+                 "tau(new) %.2f", it + 1, r.config.search.iterations,
+                 metrics["archive_size"], metrics["hypervolume"],
+                 metrics["best_top1"], metrics["kendall_tau_new"])
+
+
+def finish(r: _Run, archive: Archive) -> dict:
+    """Front, high trade-off picks, plots, report.md, params-only supernet."""
+    names = r.task.names
+    F = archive.objective_matrix(names)
+    front = front_indices(archive, names)
+    k = min(r.config.final.num_tradeoff, len(front))
+    picks = [int(front[i]) for i in np.asarray(tradeoff.high_tradeoff(
+        F[front] / normaliser(archive, names), k,
+        **run_config.high_tradeoff_kwargs(r.config.final)))]
+    most_acc = int(front[np.argmin(F[front, 0])])
+    if most_acc not in picks:
+        picks.append(most_acc)
+    supernet_dir = r.workdir / "supernet"
+    if supernet_dir.exists():  # left by a crash inside finish(): redo it
+        shutil.rmtree(supernet_dir)
+    supernet_lib.save_supernet(str(supernet_dir), r.model, r.variables())
+    summary = {"front": [int(i) for i in front], "picks": picks,
+               "supernet_dir": str(supernet_dir)}
+    (r.workdir / "result.json").write_text(json.dumps(summary, indent=1))
+    reporting.plot_front(r.workdir / "plots" / "front_final.png", archive, names,
+                         front, picks, r.config.baselines.to_dict(),
+                         title=f"NAT on {r.config.dataset}: final archive")
+    reporting.write_report(r.workdir / "report.md", r.config, archive, names, front,
+                           picks, workdir_lib.read_jsonl(r.workdir / "metrics.jsonl"))
+    return summary
+
+
+# -------------------------------------------------------------- metrics
+def iteration_metrics(r: _Run, archive: Archive, it: int,
+                      times: dict[str, float]) -> dict:
+    """Hypervolume, predictor rank correlation on the new members, sizes."""
+    names = r.task.names
+    F = archive.objective_matrix(names)
+    ok = np.isfinite(F).all(-1)
+    new = [e for e in archive.entries if e.iteration == it + 1
+           and e.predicted_top1 is not None and e.top1 is not None]
+    tau = rho = math.nan
+    if len(new) >= 3:
+        pred = np.array([e.predicted_top1 for e in new])
+        meas = np.array([e.top1 for e in new])
+        tau = float(rank_stats.kendall(pred, meas))
+        rho = float(rank_stats.spearman(pred, meas))
+    hv = float(tradeoff.hypervolume(F[ok] / normaliser(archive, names),
+                                    np.ones(len(names)) * 1.0, key=jax.random.key(it)))
+    best = archive.entries[int(np.nanargmin(F[:, 0]))]
+    return {"iteration": it, "archive_size": len(archive),
+            "hypervolume": hv, "kendall_tau_new": tau, "spearman_new": rho,
+            "best_top1": best.top1, "n_front": int(len(front_indices(archive, names))),
+            "times_s": times}
+
+
+def normaliser(archive: Archive, names) -> np.ndarray:
+    """Fixed per-objective scale: error in [0, 100]; others by the max subnet
+    of the initial archive (x 1.05)."""
+    init = [e for e in archive.entries if e.iteration == 0]
+    F0 = np.array([[e.objectives[n] for n in names[1:]] for e in init])
+    return np.concatenate([[100.0], F0.max(0) * 1.05])
+
+
+def front_indices(archive: Archive, names) -> np.ndarray:
+    """Archive indices of the measured nondominated members."""
+    F = archive.objective_matrix(names)
+    ok = np.flatnonzero(np.isfinite(F).all(-1))
+    nd = np.asarray(tradeoff.nondominated(F[ok]))
+    return ok[nd]
+
+
+# ------------------------------------------------------------- progress
+def _log_eta(r: _Run, archive: Archive, it: int) -> None:
+    """One 'whole run: ETA ...' line from the remaining work of each phase."""
+    iters, k = r.config.search.iterations, r.config.search.n_candidates
+    searched = any(e.iteration == it + 1 for e in archive.entries)
+    size = len(archive) + (0 if searched else k)      # after iteration it
+    evals = len(archive.pending(it + 1)) + (0 if searched else k)
+    evals += sum(size + k * (j - it) for j in range(it + 1, iters))
+    remaining = {"adapt": r.total_steps - int(r.state.step), "evaluate": evals,
+                 "search": iters - it - (1 if searched else 0)}
+    logging.info("%s", r.eta.line(remaining))
+
 
 def _maybe_kill(phase: str, count: int) -> None:
     """SIGKILLs this process when NAT_JAX_KILL_AT names this point (tests)."""
     spec = os.environ.get("NAT_JAX_KILL_AT", "")
     if spec and spec == f"{phase}:{count}":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def get_space(name: str) -> ss.SearchSpace:
-    spaces = {"ofa_mbv3": ss.OFA_MBV3, "tiny": ss.SearchSpace.tiny()}
-    if name not in spaces:
-        raise ValueError(f"Unknown search space {name!r}; known: {sorted(spaces)}.")
-    return spaces[name]
-
-
-def enable_latency(path: str) -> None:
-    """Registers the "latency" objective from a lookup table file, if given."""
-    if path:
-        from nat_jax import latency  # imports the subnet builder; only when used
-
-        if not pathlib.Path(path).is_file():
-            raise FileNotFoundError(
-                f"Latency table {path} not found; build one on the target device "
-                f"with python -m experiments.build_latency_table --output={path}")
-        latency.register_table(path)
-
-
-def run_space(config) -> ss.SearchSpace:
-    """The configured space, with its width pinned (one supernet has one width)
-    and, if `config.resolutions` is set, restricted to those resolutions."""
-    space = get_space(config.space)
-    space.width_index(config.width)
-    res = tuple(int(r) for r in config.get("resolutions", ())) or space.resolutions
-    for r in res:
-        space.resolution_index(r)
-    return dataclasses.replace(space, widths=(float(config.width),),
-                               resolutions=tuple(sorted(set(res))))
-
-
-def parse_objectives(text: str, space: ss.SearchSpace, num_classes: int):
-    """(names, complexity_fn) from "top1_error,madds,...": 2 to 12 objectives."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names or names[0] != "top1_error":
-        raise ValueError(f"Objectives must start with top1_error, got {text!r} "
-                         f"(e.g. top1_error,madds).")
-    if not 2 <= len(names) <= 12:
-        raise ValueError(f"NAT takes 2 to 12 objectives, got {len(names)}: {names}.")
-    if len(set(names)) != len(names):
-        raise ValueError(f"Repeated objective in {names}.")
-    return names, objectives.complexity_fn(space, tuple(names[1:]), num_classes)
-
-
-# ------------------------------------------------------------------- run
-class _Run:
-    """State of one transfer run (host side)."""
-
-    def __init__(self, config, workdir: pathlib.Path):
-        self.cfg = config
-        self.workdir = workdir
-        self.space = run_space(config)
-        self.key = jax.random.key(config.seed)
-        self.dataset = data.load(config.dataset, data_dir=config.data_dir or None)
-        self.num_classes = self.dataset.num_classes
-        enable_latency(config.get("latency_table", ""))
-        self.names, self.complexity = parse_objectives(
-            config.objectives, self.space, self.num_classes)
-        self.model, variables = self._supernet()
-        self.steps_per_epoch = self._steps_per_epoch()
-        a = config.adapt
-        self.steps_per_round = [a.warmup_epochs * self.steps_per_epoch] + [
-            a.epochs_per_iter * self.steps_per_epoch] * (config.search.iterations - 1)
-        total = sum(self.steps_per_round)
-        self.total_steps = max(sum(self.steps_per_round), 1)
-        self.adapt_cfg = adaptation.AdaptConfig(
-            lr=a.lr, momentum=a.momentum, weight_decay=a.weight_decay,
-            label_smoothing=a.label_smoothing, checkpoint_every=a.checkpoint_every)
-        self.mesh = sharding.data_mesh()
-        self.ckpt = checkpoint.TrainCheckpointer(str(workdir / "ckpt"), max_to_keep=2)
-        state = adaptation.create_train_state(self.model, variables, self.adapt_cfg,
-                                              self.total_steps,
-                                              jax.random.fold_in(self.key, 1))
-        loader_kw = dict(num_devices=self.mesh.size)
-        if self.ckpt.latest_step() is not None:
-            state, extra = self.ckpt.restore(state)
-            self.loader = pipeline.TrainLoader.restore(
-                self.dataset.train, extra["loader"], **loader_kw)
-            logging.info("Resuming adaptation from step %d.", int(state.step))
-        else:
-            self.loader = pipeline.TrainLoader(self.dataset.train, a.batch_size,
-                                               seed=config.seed, **loader_kw)
-        self.state = state
-        self.calibration = pipeline.CalibrationSet(
-            self.dataset.train, config.eval.calib_images, config.eval.calib_batch_size,
-            seed=config.seed, num_devices=self.mesh.size)
-        self.archive = self._archive()
-
-    # ----------------------------------------------------------- set-up
-    def _supernet(self):
-        width = self.cfg.width
-        if self.cfg.supernet:
-            model, variables = load_for_task(
-                self.cfg.supernet, self.space, self.num_classes,
-                jax.random.fold_in(self.key, 2), self.cfg.adapt.dropout_rate)
-        else:
-            logging.warning("No --supernet given: starting from a RANDOMLY initialised "
-                            "supernet (fine for the CPU demo; for real transfer "
-                            "convert an ImageNet OFA checkpoint with "
-                            "experiments.convert_ofa).")
-            model, variables = supernet_lib.init_supernet(
-                self.space, width, self.num_classes, jax.random.fold_in(self.key, 2),
-                dropout_rate=self.cfg.adapt.dropout_rate)
-        return model, variables
-
-    def _steps_per_epoch(self) -> int:
-        n = len(self.dataset.train) // self.cfg.adapt.batch_size
-        cap = self.cfg.adapt.max_steps_per_epoch
-        return max(1, min(n, cap) if cap else n)
-
-    def _archive(self) -> Archive:
-        path = self.workdir / "archive.json"
-        if path.exists():
-            arc = Archive.load(path, self.space)
-            logging.info("Resuming: archive of %d subnets from %s", len(arc), path)
-            return arc
-        arc = Archive(self.space)
-        k = jax.random.fold_in(self.key, 3)
-        init = np.asarray(self.space.sample(k, self.cfg.search.archive_init))
-        ends = [self.space.encode(self.space.min_arch()),
-                self.space.encode(self.space.max_arch())]
-        genes = np.concatenate([init, np.stack(ends)])
-        arc.add(genes, iteration=0, objectives=self._objectives(genes))
-        arc.save(path)
-        return arc
-
-    def _objectives(self, genes: np.ndarray) -> list[dict[str, float]]:
-        vals = np.asarray(self.complexity(np.asarray(genes, np.int32)))
-        return [{n: float(v) for n, v in zip(self.names[1:], row)} for row in vals]
-
-    # ------------------------------------------------------------ phases
-    def variables(self) -> dict:
-        return {"params": self.state.params, "batch_stats": self.state.batch_stats}
-
-    def adapt_round(self, r: int) -> None:
-        """Adaptation round r (0 = warm-up) up to its cumulative step target."""
-        target = sum(self.steps_per_round[:r + 1])
-        done = int(self.state.step)
-        if done >= target:
-            return
-        probs = adaptation.gene_distribution(self.space, self.archive.genes(),
-                                             self.adapt_cfg.floor)
-        logging.info("Adaptation round %d: global steps %d..%d of %d", r, done,
-                     target, self.total_steps)
-        prog = reporting.Progress(f"adapt round {r}", target - done)
-        self.state, m = adaptation.adapt(
-            self.state, self.model, self.loader, probs, target - done,
-            self.adapt_cfg, mesh=self.mesh, checkpointer=self.ckpt,
-            progress=lambda step, d: (prog.update(
-                step + 1 - done, f"loss={d['loss']:.3f} lr={d['lr']:.4f}"),
-                _maybe_kill("adapt", step + 1)))
-        logging.info("Adaptation round %d done: mean loss %.3f, %.0f images/s", r,
-                     m["loss"], m["images_per_s"])
-
-    def evaluate_pending(self, version: int) -> float:
-        """Measures every member not yet evaluated with weights `version`.
-
-        Subnets are evaluated grouped by resolution (one compile each) and
-        the archive is saved after every subnet, so a crash loses at most one.
-        """
-        todo = self.archive.pending(version)
-        if not todo:
-            return 0.0
-        t0 = time.time()
-        prog = reporting.Progress(f"evaluate (weights v{version})", len(todo))
-        by_res: dict[int, list[int]] = {}
-        for i in todo:
-            by_res.setdefault(self.archive.entries[i].genes[0], []).append(i)
-        variables, count = self.variables(), [0]
-        for idx in by_res.values():
-            def record(j, n, res, idx=idx):
-                self.archive.record(idx[j], res["top1"], res["top5"], version)
-                self.archive.save(self.workdir / "archive.json")
-                count[0] += 1
-                prog.update(count[0], f"top1={res['top1']:.2f}")
-                if version >= 2:
-                    _maybe_kill("evaluate", count[0])
-
-            evaluation.evaluate_subnets(
-                self.model, variables, [self.archive.entries[i].genes for i in idx],
-                self.space, self.dataset.val, self.dataset.train, self._eval_cfg(),
-                mesh=self.mesh, progress=record, calibration=self.calibration)
-        return time.time() - t0
-
-    def _eval_cfg(self):
-        e = self.cfg.eval
-        return evaluation.EvalConfig(batch_size=e.batch_size,
-                                     calib_images=e.calib_images,
-                                     calib_batch_size=e.calib_batch_size,
-                                     calib_seed=self.cfg.seed)
-
-    def search(self, it: int) -> tuple[float, np.ndarray, np.ndarray]:
-        """Fits the predictor, searches, adds K candidates (iteration it + 1)."""
-        t0 = time.time()
-        s = self.cfg.search
-        conf = search_config(s)
-        genes, errors = self.archive.genes(), self.archive.errors()
-        result = evolution.search(jax.random.fold_in(self.key, 1000 + it), self.space,
-                                  genes, errors, self.complexity, conf)
-        ok = np.asarray(result.candidate_valid)
-        cands = np.asarray(self.space.canonicalize(np.asarray(result.candidates)))[ok]
-        pred_err = np.asarray(result.candidate_objectives)[ok, 0]
-        added = self.archive.add(cands, iteration=it + 1,
-                                 objectives=self._objectives(cands))
-        for i in added:
-            row = np.flatnonzero((cands == self.archive.entries[i].genes).all(-1))[0]
-            self.archive.entries[i].predicted_top1 = float(100.0 - pred_err[row])
-        self.archive.save(self.workdir / "archive.json")
-        return time.time() - t0, cands, pred_err
-
-    # ----------------------------------------------------------- metrics
-    def iteration_metrics(self, it: int, times: dict[str, float]) -> dict:
-        F = self.archive.objective_matrix(self.names)
-        ok = np.isfinite(F).all(-1)
-        new = [e for e in self.archive.entries if e.iteration == it + 1
-               and e.predicted_top1 is not None and e.top1 is not None]
-        tau = rho = math.nan
-        if len(new) >= 3:
-            pred = np.array([e.predicted_top1 for e in new])
-            meas = np.array([e.top1 for e in new])
-            tau = float(rank_stats.kendall(pred, meas))
-            rho = float(rank_stats.spearman(pred, meas))
-        norm = self._normaliser()
-        hv = float(tradeoff.hypervolume(F[ok] / norm, np.ones(len(self.names)) * 1.0,
-                                        key=jax.random.key(it)))
-        best = self.archive.entries[int(np.nanargmin(F[:, 0]))]
-        return {"iteration": it, "archive_size": len(self.archive),
-                "hypervolume": hv, "kendall_tau_new": tau, "spearman_new": rho,
-                "best_top1": best.top1, "n_front": int(len(self._front_idx())),
-                "times_s": times}
-
-    def _normaliser(self) -> np.ndarray:
-        """Fixed per-objective scale: error in [0, 100]; others by the max subnet."""
-        init = [e for e in self.archive.entries if e.iteration == 0]
-        F0 = np.array([[e.objectives[n] for n in self.names[1:]] for e in init])
-        return np.concatenate([[100.0], F0.max(0) * 1.05])
-
-    def _front_idx(self) -> np.ndarray:
-        F = self.archive.objective_matrix(self.names)
-        ok = np.flatnonzero(np.isfinite(F).all(-1))
-        nd = np.asarray(tradeoff.nondominated(F[ok]))
-        return ok[nd]
-
-    def finish(self) -> dict:
-        """Front, high trade-off picks, plots, report.md, params-only supernet."""
-        F = self.archive.objective_matrix(self.names)
-        front = self._front_idx()
-        k = min(self.cfg.final.num_tradeoff, len(front))
-        picks = [int(front[i]) for i in np.asarray(
-            tradeoff.high_tradeoff(F[front] / self._normaliser(), k))]
-        most_acc = int(front[np.argmin(F[front, 0])])
-        if most_acc not in picks:
-            picks.append(most_acc)
-        supernet_dir = self.workdir / "supernet"
-        if supernet_dir.exists():  # left by a crash inside finish(): redo it
-            shutil.rmtree(supernet_dir)
-        supernet_lib.save_supernet(str(supernet_dir), self.model, self.variables())
-        summary = {"front": [int(i) for i in front], "picks": picks,
-                   "supernet_dir": str(supernet_dir)}
-        (self.workdir / "result.json").write_text(json.dumps(summary, indent=1))
-        reporting.plot_front(self.workdir / "plots" / "front_final.png", self.archive,
-                             self.names, front, picks, self.cfg.baselines.to_dict(),
-                             title=f"NAT on {self.cfg.dataset}: final archive")
-        reporting.write_report(self.workdir / "report.md", self.cfg, self.archive,
-                               self.names, front, picks,
-                               workdir_lib.read_jsonl(self.workdir / "metrics.jsonl"))
-        return summary
-
-
-def search_config(s) -> evolution.SearchConfig:
-    """evolution.SearchConfig from the config's `search` block."""
-    return evolution.SearchConfig(
-        pop_size=s.pop_size, generations=s.generations,
-        crossover_prob=s.crossover_prob, mutation_prob=s.mutation_prob,
-        mutation_eta=s.eta_m, n_members=s.ensemble_size,
-        n_candidates=s.candidates_per_iter)
-
-
-def load_for_task(directory: str, space: ss.SearchSpace, num_classes: int,
-                  key: jax.Array, dropout_rate: float):
-    """A supernet with a fresh classifier when the classes differ.
-
-    `directory` is an orbax supernet from experiments.convert_ofa, or an
-    official OFA `.pth` file (read directly; needs torch).
-    """
-    if pathlib.Path(directory).is_file():
-        from nat_jax import pretrained  # torch only on this path
-
-        width = space.widths[0]
-        model, variables = pretrained.load_ofa_checkpoint(
-            str(directory), width, num_classes, key,
-            space=dataclasses.replace(ss.OFA_MBV3, widths=(width,)),
-            dropout_rate=dropout_rate)
-        if dataclasses.replace(model.space, resolutions=space.resolutions) != space:
-            raise ValueError(f"{directory} is an OFA MobileNetV3 checkpoint; use "
-                             f"--config.space=ofa_mbv3 with it.")
-        return model.clone(space=space), variables
-    if not pathlib.Path(directory).exists():
-        raise FileNotFoundError(
-            f"--supernet {directory} does not exist. Download an official OFA "
-            f"checkpoint (ofa_mbv3_d234_e346_k357_w1.0 or _w1.2) and convert it: "
-            f"python -m experiments.convert_ofa --checkpoint=FILE --width=1.0 "
-            f"--output={directory}")
-    model, variables = supernet_lib.load_supernet(directory)
-    same = dataclasses.replace(model.space, widths=space.widths,
-                               resolutions=space.resolutions) == space
-    if not same or model.width not in space.widths:
-        raise ValueError(f"Supernet {directory} (width {model.width}) does not match "
-                         f"the configured search space / width {space.widths[0]}.")
-    model = model.clone(space=space, dropout_rate=dropout_rate)
-    if model.num_classes != num_classes:
-        logging.info("Replacing the %d-class classifier with a fresh %d-class one.",
-                     model.num_classes, num_classes)
-        model = model.clone(num_classes=num_classes)
-        params = dict(variables["params"])
-        params.update(supernet_lib.init_classifier(model, key))
-        variables = {**variables, "params": params}
-    return model, variables
-
-
-def run(config, workdir: str | os.PathLike) -> dict:
-    """Runs (or resumes) NAT with `config` in `workdir`; returns the summary."""
-    workdir = pathlib.Path(workdir)
-    workdir_lib.check_config(workdir, config.to_dict())
-    done = workdir / "progress.json"
-    if done.exists() and json.loads(done.read_text()).get("done"):
-        logging.info("%s holds a finished run; nothing to do.", workdir)
-        return json.loads((workdir / "result.json").read_text())
-    r = _Run(config, workdir)
-    done_metrics = {m["iteration"] for m in workdir_lib.read_jsonl(workdir / "metrics.jsonl")}
-    iterations = config.search.iterations
-    for it in range(iterations):
-        if it in done_metrics:
-            continue
-        times = {}
-        t0 = time.time()
-        r.adapt_round(it)
-        times["adapt"] = time.time() - t0
-        times["evaluate"] = r.evaluate_pending(version=it + 1)
-        if not any(e.iteration == it + 1 for e in r.archive.entries):
-            times["search"], _, _ = r.search(it)
-        times["evaluate_new"] = r.evaluate_pending(version=it + 1)
-        metrics = r.iteration_metrics(it, times)
-        with open(workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        reporting.write_scalars(workdir / "tensorboard", it, metrics)
-        reporting.plot_front(workdir / "plots" / f"front_iter_{it:02d}.png",
-                             r.archive, r.names, r._front_idx(), [],
-                             config.baselines.to_dict(),
-                             title=f"NAT on {config.dataset}: iteration {it}")
-        logging.info("Iteration %d/%d: archive %d, HV %.4f, best top-1 %.2f%%, "
-                     "tau(new) %.2f", it + 1, iterations, metrics["archive_size"],
-                     metrics["hypervolume"], metrics["best_top1"],
-                     metrics["kendall_tau_new"])
-    summary = r.finish()
-    (workdir / "progress.json").write_text(json.dumps({"done": True}))
-    return summary

@@ -67,9 +67,14 @@ def legacy_state_dict(net) -> dict:
 
 def logits(net, arch, images_nhwc: np.ndarray) -> np.ndarray:
     """Eval logits of `arch` (a nat_jax Arch) from the torch supernet."""
+    import dataclasses
+
     import torch
 
-    net.set_active_subnet(**arch.to_ofa())
+    sp = small_space()  # the supernet does not depend on resolutions
+    sp = dataclasses.replace(sp, resolutions=tuple(sorted(
+        {*sp.resolutions, arch.resolution})))
+    net.set_active_subnet(**arch.to_ofa(sp))
     x = torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))
     with torch.no_grad():
         return net(x).numpy()

@@ -8,15 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nat_jax import sharding
 from nat_jax import adaptation as ad
 from nat_jax import checkpoint as ck
-from nat_jax import data, pipeline, supernet
+from nat_jax import pipeline, sharding, supernet, training
 from nat_jax import search_space as ss
 from nat_jax.augment import AugmentConfig
 
-SPACE = ss.SearchSpace.tiny()
-RES = SPACE.resolutions[0]
+import helpers
+
+SPACE = helpers.TINY
+RES = helpers.TINY_RES
 BATCH = 16
 CFG = ad.AdaptConfig(checkpoint_every=3)
 
@@ -36,18 +37,8 @@ def _model():
                                   depthwise_impl="conv")
 
 
-@functools.lru_cache(maxsize=None)
-def _dataset():
-    return data.load(data.EMBEDDED)
-
-
-def _probs(seed=0):
-    """Eq. 3 distribution of a random archive, resolution pinned to RES."""
-    genes = np.asarray(SPACE.sample(jax.random.key(seed), 50))
-    probs = ad.gene_distribution(SPACE, genes)
-    probs[0] = 0.0
-    probs[0, SPACE.resolution_index(RES)] = 1.0
-    return probs
+_dataset = helpers.embedded_dataset
+_probs = helpers.tiny_probs
 
 
 def _loader(step=0):
@@ -311,3 +302,78 @@ def test_masked_sgd_matches_torch_sgd_on_active_entries():
     np.testing.assert_allclose(p["b"][[0, 2]], tb.detach().numpy()[[0, 2]],
                                rtol=1e-5, atol=1e-6)
     assert p["b"][1] == params["b"][1] and mom["b"][1] == 0.0
+
+
+# ------------------------------------------- training toolkit (shared)
+
+
+def test_cross_entropy_is_smoothed_targets_against_log_softmax():
+    """Oracle: -sum_c t_c log softmax(z)_c, t = (1 - eps) one_hot + eps / C,
+    averaged over the batch (numpy, float64)."""
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(5, 4)).astype(np.float32)
+    y = np.array([0, 3, 1, 1, 2])
+    for eps in (0.0, 0.1):
+        t = (1 - eps) * np.eye(4)[y] + eps / 4
+        zz = z.astype(np.float64)
+        log_p = zz - np.log(np.exp(zz).sum(1, keepdims=True))
+        want = np.mean(-(t * log_p).sum(1))
+        got = float(training.cross_entropy(jnp.asarray(z), jnp.asarray(y), eps))
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_guard_checks_every_step_one_step_late(tmp_path):
+    seen = []
+
+    def m(loss, g):
+        return {"loss": jnp.float32(loss), "grad_norm": jnp.float32(g)}
+
+    with ck.TrainCheckpointer(tmp_path) as c:
+        guard = training.FiniteGuard(lambda s, ctx: f" on {ctx}", c,
+                                     lambda s, host, ctx: seen.append((s, ctx)))
+        guard.push(0, m(1.0, 2.0), "a")
+        assert seen == []  # held while the next step runs
+        guard.push(1, m(1.0, np.inf), "b")  # a finite loss is not enough
+        assert seen == [(0, "a")]
+        with pytest.raises(training.NonFiniteError, match=(
+                r"^Non-finite loss 1\.0 \(gradient norm inf\) at global step 1 on "
+                r"b; training stopped, no checkpoint exists yet in .*\.$")):
+            guard.push(2, m(1.0, 1.0), "c")
+        assert seen == [(0, "a")]
+        c.save(3, {"x": np.zeros(2, np.float32)})
+        guard = training.FiniteGuard(None, c)
+        guard.push(3, m(np.nan, 1.0))
+        with pytest.raises(training.NonFiniteError,
+                           match=r"step 3; training stopped, checkpoint step 3 "
+                                 r"in .* is kept"):
+            guard.flush()
+    guard = training.FiniteGuard()
+    guard.push(0, m(np.inf, 0.0))
+    with pytest.raises(RuntimeError, match="nothing was saved"):
+        guard.flush()
+
+
+def test_resume_past_a_damaged_checkpoint_is_bit_identical(tmp_path):
+    """Issue 18 item 6: the newest checkpoint's files are damaged; the run
+    resumes from the one before and still repeats an uninterrupted run."""
+    model, _ = _model()
+    probs = _probs()
+    full, _ = ad.adapt(_fresh_state(), model, _loader(), probs, 6, CFG)
+    with ck.TrainCheckpointer(tmp_path / "run") as c:
+        ad.adapt(_fresh_state(), model, _loader(), probs, 6, CFG, checkpointer=c)
+        assert c.all_steps() == [3, 6]
+    data_files = [p for p in (tmp_path / "run" / "6" / "state").rglob("*")
+                  if p.is_file() and p.parent.name == "d"]
+    assert data_files
+    for p in data_files:
+        p.write_bytes(b"\x00" * p.stat().st_size)
+    with ck.TrainCheckpointer(tmp_path / "run") as c:
+        state, loader = _restore(c, model)
+        assert int(state.step) == 3 and loader.step == 3
+        resumed, _ = ad.adapt(state, model, loader, probs, 3, CFG, checkpointer=c)
+        assert c.all_steps() == [3, 6]
+        again, _ = _restore(c, model)  # the rewritten step 6
+    for a, b, r in zip(jax.tree.leaves(full), jax.tree.leaves(resumed),
+                       jax.tree.leaves(again)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(r))

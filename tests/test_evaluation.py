@@ -1,5 +1,7 @@
-"""Subnet evaluation: exact masked top-1/top-5 counts, vmapped subnets, and
-adaptation on the embedded dataset raising accuracy well above chance."""
+"""Subnet evaluation: exact masked top-1/top-5 counts, vmapped subnets, the
+static-subnet path (re-calibration and counts) against OFA's rule and the
+masked path at a resolution outside the space, and adaptation on the
+embedded dataset raising accuracy well above chance."""
 
 import functools
 import time
@@ -8,13 +10,16 @@ import jax
 import numpy as np
 import pytest
 
-from nat_jax import sharding
 from nat_jax import adaptation as ad
 from nat_jax import evaluation as ev
-from nat_jax import pipeline, supernet
+from nat_jax import layers, pipeline, sharding, subnet, supernet
 from nat_jax import search_space as ss
 from nat_jax.augment import AugmentConfig
-from tests.test_adaptation import RES, SPACE, _dataset, _probs
+
+import helpers
+
+SPACE, RES = helpers.TINY, helpers.TINY_RES
+_dataset, _probs = helpers.embedded_dataset, helpers.tiny_probs
 
 EVAL = ev.EvalConfig(batch_size=192, calib_images=200, calib_batch_size=100)
 
@@ -74,6 +79,68 @@ def test_evaluate_rejects_foreign_genotypes():
     with pytest.raises(ValueError, match="search space"):
         ev.evaluate_subnets(model, variables, [], ss.OFA_MBV3, ds.val,
                             ds.train, EVAL)
+
+
+OFF = 24  # not in SPACE.resolutions (32, 40, 48), as OFA's 160 px is not in its
+
+
+def _np_counts(logits, labels):
+    top5 = np.argsort(-np.asarray(logits), -1)[:, :5]
+    return (int(np.sum(top5[:, 0] == labels)),
+            int(np.sum((top5 == labels[:, None]).any(-1))))
+
+
+@pytest.mark.slow
+def test_static_path_matches_ofa_rule_and_masked_path_outside_the_space():
+    model, variables = _model()
+    model = model.clone(exec_mode="masked")  # faster compile; = "switch" (tested)
+    ds = _dataset()
+    assert OFF not in SPACE.resolutions
+    (genes,) = _genes(1, 13)
+    arch = SPACE.decode(genes)
+    cal = pipeline.CalibrationSet(ds.train, EVAL.calib_images,
+                                  EVAL.calib_batch_size, EVAL.calib_seed)
+    batches = [b["image"] for b in cal.batches(OFF)]
+    masked = supernet.recalibrate_bn(model, variables, arch, batches,
+                                     resolution=OFF)
+    sub, sv, _ = subnet.extract_subnet(model, variables, arch)
+    static = ev.recalibrate_static_bn(sub, sv, cal.batches(OFF))
+    # OFA's rule written out for the first BN: batch-size-weighted averages of
+    # per-batch means and BIASED variances
+    h = [np.asarray(layers.conv2d(b, variables["params"]["first_conv"], 2),
+                    np.float64) for b in batches]
+    n = np.array([len(b) for b in batches], np.float64)
+    mean = sum(k * x.mean((0, 1, 2)) for k, x in zip(n, h)) / n.sum()
+    var = sum(k * x.var((0, 1, 2)) for k, x in zip(n, h)) / n.sum()
+    for v in (masked, static):
+        np.testing.assert_allclose(v["batch_stats"]["first_bn"]["mean"], mean,
+                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(v["batch_stats"]["first_bn"]["var"], var,
+                                   rtol=1e-4, atol=1e-5)
+    # extraction commutes with re-calibration: every static BN = the masked
+    # supernet's active channels of the active blocks
+    _, from_masked, _ = subnet.extract_subnet(model, masked, arch)
+    assert (jax.tree.structure(from_masked["batch_stats"])
+            == jax.tree.structure(static["batch_stats"]))
+    for a, b in zip(jax.tree.leaves(from_masked["batch_stats"]),
+                    jax.tree.leaves(static["batch_stats"])):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    # the count kernel on a static subnet vs numpy counts, every image once
+    res = ev.evaluate_static(sub, static, ds.val, OFF, 192, mesh=_mesh())
+    (batch,) = pipeline.eval_batches(ds.val, len(ds.val), OFF)
+    logits = np.asarray(jax.jit(sub.apply)(static, batch["image"]))
+    c1, c5 = _np_counts(logits, batch["label"])
+    assert (res["count"], res["correct1"], res["correct5"]) == (800, c1, c5)
+    assert res["top1"] == pytest.approx(100 * c1 / 800)
+    assert res["top5"] == pytest.approx(100 * c5 / 800)
+    # evaluate_subnets at the same off-space resolution: the same subnet
+    (m,) = ev.evaluate_subnets(model, variables, [genes], SPACE, ds.val,
+                               ds.train, EVAL, mesh=_mesh(), calibration=cal,
+                               resolution=OFF)
+    assert m["n"] == 800
+    assert abs(m["top1"] * 8 - c1) <= 1 and abs(m["top5"] * 8 - c5) <= 1  # ties
+    with pytest.raises(ValueError, match="positive integer"):
+        ev.evaluate_static(sub, static, ds.val, 0, 192)
 
 
 def test_adaptation_raises_validation_accuracy_well_above_chance():

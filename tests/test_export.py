@@ -2,6 +2,9 @@
 
 import json
 import os
+import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -79,3 +82,41 @@ def test_onnx_roundtrip(net, tmp_path):
     export.export_onnx(model, variables, 32, path)
     np.testing.assert_allclose(export.run_onnx(path, images), logits, rtol=1e-4,
                                atol=1e-4)
+
+
+def test_onnx_recipe_pins_what_the_error_names():
+    """requirements-onnx.txt and the install hint of the errors list the same
+    pins, sympy and mpmath included (issue 18 item 8: onnx-ir imports sympy)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    pins = [line.split("#")[0].strip() for line in
+            (root / "requirements-onnx.txt").read_text().splitlines()]
+    pins = [p for p in pins if p]
+    assert {p.split("==")[0] for p in pins} >= {"jax2onnx", "onnx", "onnx-ir",
+                                                 "onnxruntime", "sympy", "mpmath"}
+    for p in pins:
+        assert "==" in p and p in export.ONNX_INSTALL, p
+
+
+def test_onnx_error_names_the_missing_module(tmp_path):
+    """With sympy absent, the error names sympy, not jax2onnx (issue 18 item 8).
+
+    A subprocess, so that the blocked import cannot touch this process's modules.
+    """
+    pytest.importorskip("jax2onnx", reason="optional: " + export.ONNX_INSTALL)
+    code = ("import sys\n"
+            "for m in [m for m in sys.modules if m.split('.')[0] == 'sympy']:\n"
+            "    del sys.modules[m]\n"
+            "sys.modules['sympy'] = None\n"
+            "from nat_jax import export\n"
+            "try:\n"
+            "    export.export_onnx(None, None, 32, 'unused.onnx')\n"
+            "except ValueError as err:\n"
+            "    print('ERROR', err)\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, cwd=tmp_path, env={
+                             **env, "PYTHONPATH": str(root)}, timeout=600)
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("ERROR")]
+    assert "module 'sympy'" in line and "requirements-onnx.txt" in line, line
+    assert "sympy==" in line

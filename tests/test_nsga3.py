@@ -9,9 +9,8 @@ import pytest
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from pymoo.util.ref_dirs import get_reference_directions
 
-from nat_jax import nsga3
+from nat_jax import nsga3, tradeoff
 from nat_jax import operators as op
-from nat_jax import tradeoff
 
 
 @pytest.mark.oracle

@@ -11,7 +11,7 @@ S = ss.OFA_MBV3
 
 
 def _uniform(k, e, d, r, w):
-    return ss.Arch.from_ofa([k] * 20, [e] * 20, [d] * 5, r, w)
+    return ss.Arch.from_ofa([k] * 20, [e] * 20, [d] * 5, r, w, S)
 
 
 # (arch, madds, params) at 1000 classes, from DESIGN.md section 4.
@@ -58,6 +58,11 @@ def test_tiny_space_hand_count():
     ]
     assert ob.count(t, arch, num_classes=10) == {"madds": sum(madds),
                                                   "params": sum(params)}
+    # The same network run at 32 px counted from its 48 px form (input override).
+    at48 = ss.Arch.from_ofa([3] * 4, [3] * 4, [1, 1], 48, 1.0, space=t)
+    assert ob.count(t, at48, 10, resolution=32) == ob.count(t, arch, 10)
+    with pytest.raises(ValueError, match="positive integer"):
+        ob.count(t, at48, 10, resolution=0)
     g = t.encode(arch)
     assert int(ob.madds(t, g, num_classes=10)) == sum(madds)
     assert int(ob.params(t, g, num_classes=10)) == sum(params)
@@ -90,6 +95,24 @@ def test_jittable_complexity_fn_matches_exact_counts():
     np.testing.assert_allclose(out, exact, rtol=1e-6)
     with pytest.raises(ValueError, match="Unknown objective .flops.*madds"):
         ob.complexity_fn(S, ("flops",))
+
+
+def test_custom_objectives_are_passed_not_registered():
+    genes = S.sample(jax.random.key(2), 32)
+    depth = {"depth": lambda g: (g[:, 2:] > 0).sum(-1)}
+    fn = jax.jit(ob.complexity_fn(S, ("madds", "depth"), custom=depth))
+    out = np.asarray(fn(genes))
+    np.testing.assert_array_equal(out[:, 1], (np.asarray(genes)[:, 2:] > 0).sum(-1))
+    np.testing.assert_allclose(out[:, 0], ob.madds(S, np.asarray(genes)) / 1e6,
+                               rtol=1e-6)
+    # Nothing global changed: without `custom` the name is unknown again.
+    with pytest.raises(ValueError, match=r"Unknown objective 'depth'; known: "
+                                         r"\['madds', 'params'\]"):
+        ob.complexity_fn(S, ("depth",))
+    with pytest.raises(ValueError, match="'latency' needs a latency table.*"
+                                         "build_latency_table") as err:
+        ob.complexity_fn(S, ("madds", "latency"))
+    assert "\n" not in str(err.value)
 
 
 def test_madds_grow_with_resolution_and_classes():

@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-import ofa_oracle
 from nat_jax import pretrained, supernet
 from nat_jax import search_space as ss
+
+import ofa_oracle
 
 pytestmark = pytest.mark.oracle
 
@@ -88,7 +89,7 @@ def test_missing_extra_shape_width_errors():
     with pytest.raises(ValueError, match="pass key="):
         pretrained.convert_state_dict(sd, 1.0, num_classes=5, space=SP)
     with pytest.raises(ValueError, match="does not exist"):
-        pretrained.load_ofa_checkpoint("/nonexistent/x.pth", 1.0)
+        pretrained.load_ofa_checkpoint("/nonexistent/x.pth", 1.0, space=SP)
 
 
 def test_new_classes_and_save_load_roundtrip(tmp_path):

@@ -55,3 +55,58 @@ def test_plot_and_report_are_written(tmp_path):
                            metrics)
     text = (tmp_path / "report.md").read_text()
     assert "| 11 | 61.00 | 90.00 | 11.000 |" in text and "| 0 | 12 | 0.4000" in text
+
+
+class _Clock:
+    """A fake clock: each call returns the next of the given times."""
+
+    def __init__(self, times):
+        self.times = list(times)
+
+    def __call__(self):
+        return self.times.pop(0)
+
+
+def _capture(monkeypatch):
+    lines = []
+    monkeypatch.setattr(reporting.logging, "info",
+                        lambda fmt, *args: lines.append(fmt % args))
+    return lines
+
+
+def test_progress_rate_and_eta_leave_out_the_compiling_first_step(monkeypatch):
+    lines = _capture(monkeypatch)
+    # Start at 0; step 1 (with compilation) ends at 100 s; then 1 s per step.
+    clock = _Clock([0.0, 100.0] + [100.0 + i for i in range(1, 20)])
+    prog = reporting.Progress("adapt", 20, every_s=5.0, clock=clock)
+    for done in range(1, 21):
+        prog.update(done)
+    assert "first step took 1m40s" in lines[0] and "ETA" not in lines[0]
+    # 19 s for steps 2..20: 1 step/s; the old measure (20 steps / 119 s)
+    # would say 0.17/s.
+    assert prog.seconds_per_unit == 1.0
+    assert "20/20 (100%) 1.00/s, ETA 0m00s" in lines[-1]
+    # At step 6 (t = 105 s): 14 steps left at 1 s each.
+    assert any("6/20 (30%) 1.00/s, ETA 0m14s" in line for line in lines)
+
+
+def test_progress_with_one_step_has_no_rate():
+    prog = reporting.Progress("p", 1, clock=_Clock([0.0, 3.0]))
+    prog.update(1)
+    assert prog.seconds_per_unit is None
+
+
+def test_run_eta_adds_every_phase_and_marks_untimed_ones():
+    eta = reporting.RunEta({"adapt": "steps", "evaluate": "subnets"})
+    eta.observe("adapt", 0.5)
+    eta.observe("evaluate", 2.0)
+    eta.observe("search", None)          # nothing measured: stays untimed
+    remaining = {"adapt": 100, "evaluate": 30, "search": 2}
+    # 100 * 0.5 + 30 * 2 = 110 s known; the search is not timed yet.
+    assert eta.line(remaining) == (
+        "whole run: ETA >= 1m50s (adapt: 100 steps 0m50s, evaluate: 30 subnets "
+        "1m00s, search: 2 not timed yet)")
+    eta.observe("search", 10.0)
+    assert eta.line(remaining).startswith("whole run: ETA 2m10s (")
+    assert eta.line({"adapt": 0, "search": 0}) == (
+        "whole run: ETA 0m00s (adapt: 0 steps done, search: 0 done)")

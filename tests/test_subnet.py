@@ -6,9 +6,10 @@ import jax
 import numpy as np
 import pytest
 
-import ofa_oracle
 from nat_jax import objectives, subnet, supernet
 from nat_jax import search_space as ss
+
+import ofa_oracle
 
 TINY = ss.SearchSpace.tiny()
 
@@ -73,3 +74,34 @@ def test_config_errors():
     bad = ss.Arch(40, 1.2, TINY.max_arch().ks, TINY.max_arch().e, (2, 2))
     with pytest.raises(ValueError, match="width"):
         subnet.extract_subnet(model, variables, bad)
+
+
+def test_public_stem_blocks_head_compose_to_the_subnet():
+    # The latency table times Stem, Block and Head one by one: applied in turn
+    # with the extracted subnet's own variables, they give its logits.
+    model, variables = supernet.init_supernet(TINY, 1.0, 6, jax.random.key(2),
+                                              depthwise_impl="conv")
+    arch = ss.Arch.from_ofa([3, 5, 7, 5], [6, 4, 3, 3], [2, 2], 32, 1.0, TINY)
+    sub, sub_vars, _ = subnet.extract_subnet(model, variables, arch)
+    x = np.random.RandomState(9).randn(2, 32, 32, 3).astype(np.float32)
+    p, st = sub_vars["params"], sub_vars["batch_stats"]
+
+    def part(keys):
+        return {"params": {k: p[k] for k in keys if k in p},
+                "batch_stats": {k: st[k] for k in keys if k in st}}
+
+    stem_keys = ["first_conv", "first_bn", "first_block_dw", "first_block_dw_bn",
+                 "first_block_pw", "first_block_pw_bn"]
+    h = subnet.Stem(sub.first_channels, sub.first_block_channels, "conv").apply(
+        part(stem_keys), x)
+    assert len(sub.blocks) == 4 and sub.blocks[1].residual
+    for i, spec in enumerate(sub.blocks):
+        h = subnet.Block(spec, "conv").apply(
+            {"params": p[f"block_{i + 1}"], "batch_stats": st[f"block_{i + 1}"]}, h)
+    head_keys = ["final_expand", "final_expand_bn", "feature_mix",
+                 "classifier_kernel", "classifier_bias"]
+    logits = subnet.Head(sub.blocks[-1].c_out, sub.final_expand, sub.feature_mix,
+                         sub.num_classes).apply(part(head_keys), h)
+    want = sub.apply(sub_vars, x)
+    np.testing.assert_allclose(logits, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert set(stem_keys + head_keys) | {f"block_{i}" for i in range(1, 5)} == set(p)

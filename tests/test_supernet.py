@@ -11,9 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-import ofa_oracle
 from nat_jax import layers, supernet
 from nat_jax import search_space as ss
+
+import ofa_oracle
 
 TINY = ss.SearchSpace.tiny()
 
@@ -65,6 +66,7 @@ def test_one_compile_serves_many_subnets(tiny):
     assert supernet._predict._cache_size() - before == 1
 
 
+@pytest.mark.oracle
 def test_train_step_matches_ofa_and_keeps_inactive_stats():
     import torch
 
@@ -76,7 +78,7 @@ def test_train_step_matches_ofa_and_keeps_inactive_stats():
                             1.0, sp)
     x = np.random.RandomState(3).randn(4, 64, 64, 3).astype(np.float32)
     tnet = copy.deepcopy(net)
-    tnet.set_active_subnet(**arch.to_ofa())
+    tnet.set_active_subnet(**arch.to_ofa(sp))
     tnet.train()
     with torch.no_grad():
         ref = tnet(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
@@ -98,6 +100,7 @@ def test_train_step_matches_ofa_and_keeps_inactive_stats():
     assert np.all(ours[k][:48] != old[k][:48])
 
 
+@pytest.mark.oracle
 def test_recalibrate_matches_ofa_set_running_statistics():
     import torch
 
@@ -111,7 +114,7 @@ def test_recalibrate_matches_ofa_set_running_statistics():
     rng = np.random.RandomState(4)
     batches = [rng.randn(n, 64, 64, 3).astype(np.float32) for n in (4, 2)]
     tnet = copy.deepcopy(net)
-    tnet.set_active_subnet(**arch.to_ofa())
+    tnet.set_active_subnet(**arch.to_ofa(sp))
     loader = [(torch.from_numpy(b.transpose(0, 3, 1, 2).copy()), None)
               for b in batches]
     set_running_statistics(tnet, loader)
@@ -130,6 +133,45 @@ def test_recalibrate_matches_ofa_set_running_statistics():
     a = np.asarray(supernet.predict(model, new, x, arch))
     np.testing.assert_allclose(a, ofa_oracle.logits(tnet, arch, x), rtol=0,
                                atol=1e-4 * np.abs(a).max())
+
+
+@pytest.mark.oracle
+@pytest.mark.slow
+def test_recalibrate_and_predict_outside_the_space_resolutions_match_ofa():
+    """OFA runs any input size (its published subnets use e.g. 160 px); so do
+    `recalibrate_bn` and `predict` with `resolution=`, against OFA's
+    `set_running_statistics` and eval forward at 40 px (not in the space)."""
+    import torch
+
+    ofa_oracle.stub_torchvision()
+    from ofa.imagenet_classification.elastic_nn.utils import set_running_statistics
+
+    net, _, model, variables = ofa_oracle.pair(1.0)
+    model = model.clone(exec_mode="masked")  # compiles ~3x faster than "switch"
+    sp = model.space
+    assert 40 not in sp.resolutions
+    arch = ss.Arch.from_ofa([7, 5, 3, 5] * 5, [6, 4, 3, 4] * 5, [4, 2, 3, 2, 4], 64,
+                            1.0, sp)
+    rng = np.random.RandomState(6)
+    batches = [rng.randn(n, 40, 40, 3).astype(np.float32) for n in (4, 3)]
+    with pytest.raises(ValueError, match="pass resolution=40"):
+        supernet.recalibrate_bn(model, variables, arch, batches)
+    new = supernet.recalibrate_bn(model, variables, arch, batches, resolution=40)
+    tnet = copy.deepcopy(net)
+    tnet.set_active_subnet(**arch.to_ofa(sp))
+    set_running_statistics(tnet, [(torch.from_numpy(b.transpose(0, 3, 1, 2).copy()),
+                                   None) for b in batches])
+    ours = ofa_oracle.bn_stats_as_ofa(new, sp)
+    want = ofa_oracle.torch_bn_stats(tnet)
+    for k in ours:
+        np.testing.assert_allclose(ours[k], want[k], rtol=1e-4,
+                                   atol=1e-4 * np.abs(want[k]).max(), err_msg=k)
+    x = batches[0]
+    tnet.eval()
+    with torch.no_grad():
+        ref = tnet(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+    got = np.asarray(supernet.predict(model, new, x, arch, resolution=40))
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
 
 
 @pytest.mark.parametrize("stride,k,hw", [(1, 7, 9), (2, 7, 10), (2, 3, 9)])
@@ -185,6 +227,12 @@ def test_predict_errors(tiny):
     x = jnp.zeros((1, 32, 32, 3))
     with pytest.raises(ValueError, match="resolution is 40"):
         supernet.predict(model, variables, x, TINY.max_arch(40))
+    with pytest.raises(ValueError, match="resolution=24"):
+        supernet.predict(model, variables, x, TINY.max_arch(40), resolution=24)
+    with pytest.raises(ValueError, match="positive integer"):
+        supernet.predict(model, variables, x, TINY.max_arch(40), resolution=0)
+    with pytest.raises(ValueError, match="arch=None"):
+        supernet.recalibrate_bn(model, variables, None, [x])
     other = ss.Arch(32, 1.2, TINY.max_arch().ks, TINY.max_arch().e, (2, 2))
     with pytest.raises(ValueError, match="width"):
         supernet.predict(model, variables, x, other)

@@ -65,8 +65,8 @@ def test_complete_run_writes_everything(full_run):
     # Initial archive: uniform samples + min + max; then K per iteration.
     n0 = c.search.archive_init + 2
     assert [e["iteration"] for e in entries] == (
-        [0] * n0 + [1] * c.search.candidates_per_iter
-        + [2] * c.search.candidates_per_iter)
+        [0] * n0 + [1] * c.search.n_candidates
+        + [2] * c.search.n_candidates)
     # Every member measured with the final weights (version = iterations).
     assert {e["version"] for e in entries} == {c.search.iterations}
     top1 = np.array([e["top1"] for e in entries])
@@ -77,7 +77,7 @@ def test_complete_run_writes_everything(full_run):
                (full_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == list(range(c.search.iterations))
     assert [m["archive_size"] for m in metrics] == [
-        n0 + c.search.candidates_per_iter * (i + 1) for i in range(len(metrics))]
+        n0 + c.search.n_candidates * (i + 1) for i in range(len(metrics))]
     result = json.loads((full_run / "result.json").read_text())
     F = np.array([[100 - e["top1"], e["objectives"]["madds"]] for e in entries])
     front = np.asarray(result["front"])
@@ -131,8 +131,8 @@ def test_search_adapted_supernet_for_new_objective(env, full_run, tmp_path):
     front = json.loads((tmp_path / "front.json").read_text())["entries"]
     assert all(e["top1"] is not None for e in front)
     assert (tmp_path / "front.png").is_file()
-    from nat_jax import objectives, transfer
-    space = transfer.run_space(transfer_cfg.get_config("test"))
+    from nat_jax import objectives, run_config
+    space = run_config.run_space(transfer_cfg.get_config("test"))
     madds = objectives.madds(space, np.array([e["genes"] for e in front]), 10)
     assert np.all(madds <= 0.6e6)
 
@@ -147,6 +147,7 @@ def test_bad_flags_fail_fast_with_one_line(env, tmp_path, flags, msg):
     out = _transfer(env, tmp_path / "w", *flags, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert msg in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "w").exists()   # checked before anything is written
 
 
 def test_workdir_of_another_run_is_refused(env, full_run):
@@ -161,18 +162,155 @@ def test_supernet_flag_accepts_official_pth_and_checks_width(tmp_path):
     import jax
     import torch
 
-    import ofa_oracle
     from nat_jax import search_space as ss
-    from nat_jax import transfer
+    from nat_jax import task_supernet
+
+    import ofa_oracle
 
     sd = ofa_oracle.legacy_state_dict(ofa_oracle.build(1.0, n_classes=1000))
     path = tmp_path / "ofa_mbv3_d234_e346_k357_w1.0"
     torch.save({"state_dict": sd}, path)
     space = dataclasses.replace(ss.OFA_MBV3, widths=(1.0,), resolutions=(192, 224))
-    model, variables = transfer.load_for_task(str(path), space, 47,
+    model, variables = task_supernet.load_for_task(str(path), space, 47,
                                               jax.random.key(0), 0.1)
     assert model.num_classes == 47 and model.space == space
     assert variables["params"]["classifier_kernel"].shape == (1280, 47)
     wide = dataclasses.replace(space, widths=(1.2,))
     with pytest.raises(ValueError, match="width"):
-        transfer.load_for_task(str(path), wide, 47, jax.random.key(0), 0.1)
+        task_supernet.load_for_task(str(path), wide, 47, jax.random.key(0), 0.1)
+
+
+# ------------------------------------------------------ config and workdir
+def _flat_fields(config):
+    from nat_jax import workdir as workdir_lib
+    return set(workdir_lib.flatten(config.to_dict())) - {"baselines"}
+
+
+@pytest.mark.parametrize("variant", ["tiny", "paper", "test"])
+def test_every_config_field_is_validated(variant):
+    from nat_jax import run_config
+    c = transfer_cfg.get_config(variant)
+    assert _flat_fields(c) == set(run_config.FIELDS)
+    run_config.validate(c, num_devices=1)
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("adapt.batch_size", 0, "integer >= 1"),
+    ("search.iterations", 0, "integer >= 1"),
+    ("eval.batch_size", 0, "integer >= 1"),
+    ("search.sample_fraction", 0.0, "(0.0, 1.0]"),
+    ("adapt.momentum", 1.0, "[0.0, 1.0)"),
+    ("adapt.nesterov", 1, "true or false"),
+    ("final.tradeoff_variant", "max", "one of ['paper', 'authors', 'all']"),
+    ("space", "mbv2", "one of ['ofa_mbv3', 'tiny']"),
+    ("search.n_candidates", 9, "<= search.pop_size=8"),
+    ("adapt.lr_end", 0.5, "<= adapt.lr=0.05"),
+    ("width", 1.2, "not a width of the tiny space"),
+    ("resolutions", (30,), "[30], not resolutions"),
+    ("objectives", "top1_error,madds,madds", "Repeated objective"),
+    ("latency_table", "/no/table.json", "Latency table /no/table.json not found"),
+])
+def test_validate_names_the_bad_field(field, value, msg):
+    import ml_collections
+
+    from nat_jax import run_config
+    d = transfer_cfg.get_config("test").to_dict()   # as read from config.json
+    node = d
+    *path, last = field.split(".")
+    for p in path:
+        node = node[p]
+    node[last] = value
+    c = ml_collections.ConfigDict(d)
+    with pytest.raises(ValueError) as err:
+        run_config.validate(c, num_devices=1)
+    assert msg in str(err.value) and "\n" not in str(err.value)
+
+
+def test_batch_must_split_over_devices():
+    from nat_jax import run_config
+    with pytest.raises(ValueError, match="multiple of the 3 devices"):
+        run_config.validate(transfer_cfg.get_config("test"), num_devices=3)
+
+
+def test_config_names_run_through_to_the_library():
+    """Each config field becomes the library argument of the same name."""
+    import dataclasses
+
+    from nat_jax import run_config
+    c = transfer_cfg.get_config("paper")
+    with c.unlocked():
+        c.search.update(pop_size=42, generations=7, crossover_prob=0.3,
+                        mutation_prob=0.2, mutation_eta=3.5, n_members=11,
+                        sample_fraction=0.6, feature_fraction=0.4, n_candidates=5,
+                        pad_multiple=16)
+        c.adapt.update(lr=0.2, lr_end=0.01, momentum=0.5, nesterov=False,
+                       weight_decay=1e-3, label_smoothing=0.2, floor=0.3,
+                       checkpoint_every=17)
+        c.eval.update(batch_size=12, calib_images=34, calib_batch_size=6,
+                      subnets_per_call=2, cache_bytes=99)
+        c.seed = 4
+    outer = {"search": {"iterations", "archive_init"},
+             "adapt": {"epochs_per_iter", "warmup_epochs", "batch_size",
+                       "dropout_rate", "max_steps_per_epoch"},
+             "eval": set()}
+    built = {"search": run_config.search_config(c.search),
+             "adapt": run_config.adapt_config(c.adapt),
+             "eval": run_config.eval_config(c)}
+    for block, obj in built.items():
+        names = set(c[block]) - outer[block]
+        assert names <= {f.name for f in dataclasses.fields(obj)}, block
+        for name in names:
+            assert getattr(obj, name) == c[block][name], (block, name)
+    assert built["eval"].calib_seed == 4
+    kw = run_config.high_tradeoff_kwargs(c.final)
+    assert kw == {"n_neighbors": None, "variant": "paper", "epsilon": 0.125}
+
+
+def _image_folder(root, n=6):
+    from PIL import Image
+    for c, colour in (("cat", (200, 10, 10)), ("dog", (10, 10, 200))):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), colour).save(root / c / f"{i}.png")
+    return root
+
+
+def test_split_change_is_refused_in_one_line(tmp_path):
+    from nat_jax import data, transfer
+    folder = _image_folder(tmp_path / "images")
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    transfer.check_split(workdir, data.load(str(folder)))
+    recorded = (workdir / "data.json").read_bytes()
+    transfer.check_split(workdir, data.load(str(folder)))   # same data: fine
+    (folder / "dog" / "3.png").unlink()
+    with pytest.raises(ValueError, match="was started on other data") as err:
+        transfer.check_split(workdir, data.load(str(folder)))
+    assert "\n" not in str(err.value) and "restore the data" in str(err.value)
+    assert (workdir / "data.json").read_bytes() == recorded
+
+
+def test_transfer_on_changed_data_stops_before_any_work(env, tmp_path):
+    """A workdir whose data.json records another split: one line, exit 2, the
+    workdir untouched (no archive, no checkpoint)."""
+    from nat_jax import workdir as workdir_lib
+    workdir = tmp_path / "w"
+    workdir_lib.write_json(workdir / "config.json",
+                           transfer_cfg.get_config("test").to_dict())
+    workdir_lib.write_json(workdir / "data.json", {
+        "split_fingerprint": "0" * 64, "sizes": {"train": 1}, "num_classes": 10})
+    before = sorted((p.name, p.read_bytes()) for p in workdir.iterdir())
+    out = _transfer(env, workdir, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "was started on other data" in errors[0]
+    assert "Traceback" not in out.stderr
+    assert sorted((p.name, p.read_bytes()) for p in workdir.iterdir()) == before
+
+
+def test_search_output_folder_is_named_by_objectives_and_constraints():
+    from nat_jax import retarget
+    names = ("top1_error", "params", "pkg.mod:fn")
+    assert retarget.output_name(names, []) == "search_params_pkg.mod-fn"
+    assert retarget.output_name(names[:2], retarget.parse_constraints(
+        "madds<=0.5")) == "search_params_madds-le-0.5"

@@ -5,6 +5,13 @@ Usage:
   python -m experiments.transfer --dataset=dtd --workdir=runs/dtd \\
       --config=experiments/configs/transfer.py:paper --supernet=ckpt/ofa_mbv3_w1.0
 Override any field: --config.search.generations=50 --config.adapt.batch_size=64
+(--dataset, --objectives, --supernet, --seed and --latency_table are short for
+--config.dataset etc.; they are the same field, with this file's default.)
+
+This file is the only place that holds a default of a transfer run: every
+field has the name of the library argument it becomes (nat_jax.run_config
+passes each one explicitly), and nat_jax.run_config.validate checks each
+field's range before anything runs.
 """
 
 import ml_collections
@@ -23,47 +30,66 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.space = "ofa_mbv3"               # or "tiny"
     c.resolutions = ()                 # subset of the space's resolutions; () = all
     c.width = 1.0
-    c.supernet = ""                    # orbax dir from experiments.convert_ofa; "" = random
+    c.supernet = ""                    # orbax dir from experiments.convert_ofa, or an
+                                       # official OFA .pth file; "" = random init
     # Objectives, all minimised; top1_error is always first.
     c.objectives = "top1_error,madds"
     c.latency_table = ""               # JSON from experiments.build_latency_table:
                                        # enables the "latency" objective (ms)
     c.baselines = ml_collections.ConfigDict()   # name -> [error %, obj2, ...] for plots
 
+    # evolution.SearchConfig (Algorithms 2-4) plus the outer loop (Algorithm 1).
     c.search = ml_collections.ConfigDict(dict(
         iterations=30,                 # paper Table 2
         archive_init=100,              # uniform samples, plus the min and max subnets
-        candidates_per_iter=8,         # K, as the authors' code
+        n_candidates=8,                # K, as the authors' code
         pop_size=100,
         generations=100,
         crossover_prob=0.9,
         mutation_prob=0.1,
-        eta_m=1.0,
-        ensemble_size=500,
+        mutation_eta=1.0,              # Eq. 2 distribution index
+        mutation_variant="paper",      # operators.polynomial_mutation: paper | pymoo
+        n_members=500,                 # RBF ensemble (Algorithm 2)
+        sample_fraction=0.7,           # samples each member is fitted on
+        feature_fraction=0.7,          # features each member sees
+        pad_multiple=64,               # archive rows padded to this (fewer compiles)
     ))
+    # adaptation.AdaptConfig (Algorithm 5) plus the epoch bookkeeping.
     c.adapt = ml_collections.ConfigDict(dict(
         epochs_per_iter=5,             # paper: 5 epochs per iteration
         warmup_epochs=5,               # before the first evaluation (new classifier)
         batch_size=128,
-        lr=0.01,                       # cosine-annealed to 0 over the whole run
+        lr=0.01,                       # cosine-annealed to lr_end over the whole run
+        lr_end=0.0,
         momentum=0.9,
+        nesterov=True,                 # OFA's train_ofa_net.py
         weight_decay=3e-5,
         label_smoothing=0.1,
         dropout_rate=0.1,
+        floor=0.01,                    # Eq. 3 smoothing of the gene distribution
         checkpoint_every=200,          # steps
         max_steps_per_epoch=0,         # 0 = full epochs
     ))
+    # evaluation.EvalConfig (BN re-calibration + validation top-1/top-5).
     c.eval = ml_collections.ConfigDict(dict(
         batch_size=256,
         calib_images=2000,             # OFA's BN re-calibration set
         calib_batch_size=200,
+        subnets_per_call=1,            # subnets per compiled call (vmap)
+        cache_bytes=1 << 30,           # keep a resolution's eval batches in memory
     ))
-    c.final = ml_collections.ConfigDict(dict(num_tradeoff=4))
+    # The final choice (Appendix C): tradeoff.high_tradeoff + the most accurate.
+    c.final = ml_collections.ConfigDict(dict(
+        num_tradeoff=4,
+        tradeoff_variant="paper",      # paper | authors | all (nat_jax/tradeoff.py)
+        tradeoff_neighbors=0,          # 0 = the paper's m nearest neighbours
+        tradeoff_epsilon=0.125,        # neighbourhood ball of the "authors" variant
+    ))
 
     if variant == "tiny":
         c.space = "tiny"
-        c.search.update(iterations=4, archive_init=12, candidates_per_iter=4,
-                        pop_size=32, generations=30, ensemble_size=100)
+        c.search.update(iterations=4, archive_init=12, n_candidates=4,
+                        pop_size=32, generations=30, n_members=100)
         c.adapt.update(epochs_per_iter=3, warmup_epochs=6, batch_size=64,
                        lr=0.1, checkpoint_every=50, max_steps_per_epoch=0,
                        dropout_rate=0.0)
@@ -72,8 +98,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     if variant == "test":  # smoke-test size for the end-to-end tests (seconds)
         c.space = "tiny"
         c.resolutions = (32,)
-        c.search.update(iterations=2, archive_init=4, candidates_per_iter=2,
-                        pop_size=8, generations=3, ensemble_size=10)
+        c.search.update(iterations=2, archive_init=4, n_candidates=2,
+                        pop_size=8, generations=3, n_members=10)
         c.adapt.update(epochs_per_iter=1, warmup_epochs=1, batch_size=32, lr=0.05,
                        checkpoint_every=4, max_steps_per_epoch=12, dropout_rate=0.0)
         c.eval.update(batch_size=200, calib_images=64, calib_batch_size=32)

@@ -1,133 +1,61 @@
-"""Evaluation of deployed subnets: BN re-calibration, exact test accuracy,
-MAdds, params and latency, for one subnet or a transfer run's whole front.
+"""Report rows for saved subnets: exact test accuracy, MAdds, params, latency.
 
-    rows = evaluate_model_dir(dir, ...)   # an exported / fine-tuned subnet,
-                                          # or a transfer workdir's whole front
+    dataset, rows = evaluate_model_dir(dir, ...)  # an exported / fine-tuned
+                                                  # subnet, or a transfer
+                                                  # workdir's front (or picks)
     print(markdown_table(rows))
+    write_report(rows, dataset, "eval.json", "eval.md")
 
-Accuracy is exact (every test image once: padded, masked batches). For a
-transfer workdir each front member is extracted from the task supernet and
+Accuracy is exact (every test image once: `evaluation.evaluate_static`). For
+a transfer workdir each front member is extracted from the task supernet and
 its BatchNorm statistics are re-calibrated on training images (train + val)
-first, as OFA/NAT do before reporting a subnet; a fine-tuned subnet is used
-as saved. MAdds / params follow `objectives.count` (OFA's rule); latency is
-measured with `latency.subnet_latency` on the current backend.
+first (`evaluation.recalibrate_static_bn`), as OFA/NAT do before reporting a
+subnet; a fine-tuned subnet is used as saved. MAdds / params follow
+`objectives.count` (OFA's rule); latency is measured with
+`latency.subnet_latency` on the current backend. `resolution=` evaluates at
+another input side than the subnet's own (e.g. OFA's 160 px): accuracy,
+MAdds and latency are then those of that input size.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import os
 import pathlib
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from nat_jax import data, export, latency, layers, objectives, pipeline
+from nat_jax import data, evaluation, export, latency, objectives, pipeline, sharding
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
 from nat_jax import supernet as supernet_lib
 from nat_jax import workdir as workdir_lib
 
 
-# ---------------------------------------------------------------- mesh utils
-def data_mesh() -> jax.sharding.Mesh:
-    """1-D ("data",) mesh of all devices (Auto axes, unlike `jax.make_mesh`)."""
-    return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
-
-
-def _put(tree, mesh, spec):
-    return jax.device_put(tree, NamedSharding(mesh, spec))
-
-
-# ---------------------------------------------------------------- BN / eval
-def _collect_bn(next_fun, args, kwargs, context):
-    """Method interceptor: every MaskedBatchNorm runs in "collect" mode."""
-    if (isinstance(context.module, layers.MaskedBatchNorm)
-            and context.method_name == "__call__"):
-        return next_fun(args[0], args[1], "collect")
-    return next_fun(*args, **kwargs)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _batch_moments(model, variables, images):
-    """Per-BN batch mean and BIASED variance of `images` (OFA's rule)."""
-    with nn.intercept_methods(_collect_bn):
-        _, out = model.apply(variables, images, train=False, mutable=["bn_stats"])
-    return jax.tree.map(lambda d: {"mean": d["mean"], "var": d["var"]},
-                        out["bn_stats"],
-                        is_leaf=lambda d: isinstance(d, dict) and "mask" in d)
-
-
-def recalibrate_bn(model: subnet_lib.Subnet, variables: Mapping,
-                   batches: Iterable) -> dict:
-    """OFA's BN re-calibration of a static subnet; returns new variables.
-
-    Running mean / variance become the batch-size-weighted averages of the
-    per-batch mean and BIASED variance over `batches` (dicts with "image",
-    or image arrays). Every BatchNorm runs in "collect" mode (eval otherwise:
-    no dropout), as `supernet.recalibrate_bn` does for the masked supernet.
-    """
-    model = _eval_clone(model)
-    acc, total = None, 0
-    for b in batches:
-        images = jnp.asarray(b["image"] if isinstance(b, dict) else b, jnp.float32)
-        mom = _batch_moments(model, {"params": variables["params"],
-                                     "batch_stats": variables["batch_stats"]}, images)
-        n = images.shape[0]
-        mom = jax.tree.map(lambda v: v * n, mom)
-        acc = mom if acc is None else jax.tree.map(jnp.add, acc, mom)
-        total += n
-    if acc is None:
-        raise ValueError("recalibrate_bn got no batches.")
-    return {"params": variables["params"],
-            "batch_stats": jax.tree.map(lambda v: v / total, acc)}
-
-
-def _eval_clone(model: subnet_lib.Subnet) -> subnet_lib.Subnet:
-    """The module without train-only settings: equal subnets share compiles."""
-    return model.clone(dropout_rate=0.0, drop_connect_rate=0.0)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _eval_counts(model, variables, batch):
-    logits = model.apply(variables, batch["image"], train=False)
-    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-    hit5 = (top5 == batch["label"][:, None]).any(-1)
-    hit1 = top5[:, 0] == batch["label"]
-    m = batch["mask"]
-    return jnp.stack([(hit1 & m).sum(), (hit5 & m).sum(), m.sum()])
-
-
-def evaluate(model: subnet_lib.Subnet, variables: Mapping, split: data.Split,
-             resolution: int, batch_size: int = 256,
-             mesh: jax.sharding.Mesh | None = None) -> dict:
-    """Exact top-1/top-5 (%) of `split`: padded last batch, masked counts."""
-    mesh = mesh or data_mesh()
-    model = _eval_clone(model)
-    n_dev = mesh.devices.size
-    batch_size = max(n_dev, batch_size // n_dev * n_dev)
-    variables = _put({"params": variables["params"],
-                      "batch_stats": variables["batch_stats"]}, mesh, P())
-    counts = np.zeros(3, np.int64)
-    for b in pipeline.eval_batches(split, batch_size, resolution, num_devices=n_dev):
-        counts += np.asarray(_eval_counts(model, variables, _put(b, mesh, P("data"))))
-    c1, c5, n = (int(v) for v in counts)
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "correct1": c1,
-            "correct5": c5, "count": n}
+def _at_resolution(arch: ss.Arch, space: ss.SearchSpace, resolution: int | None
+                   ) -> tuple[ss.Arch, ss.SearchSpace]:
+    """(arch, space) for counting at `resolution` (the space widened if needed)."""
+    if resolution is None or resolution == arch.resolution:
+        return arch, space
+    r = supernet_lib.check_resolution(resolution)
+    wide = dataclasses.replace(
+        space, resolutions=tuple(sorted(set(space.resolutions) | {r})))
+    return dataclasses.replace(arch, resolution=r), wide
 
 
 def _row(name: str, model, variables, arch: ss.Arch, space: ss.SearchSpace,
          ds: data.Dataset, batch_size: int, latency_batch_size: int,
-         latency_repeats: int) -> dict[str, Any]:
-    acc = evaluate(model, variables, ds.test, arch.resolution, batch_size)
-    cost = objectives.count(space, arch, model.num_classes)
-    row = {"name": name, "resolution": arch.resolution, "width": arch.width,
+         latency_repeats: int, resolution: int | None = None) -> dict[str, Any]:
+    """One report row; `resolution` (default arch.resolution) is the input side."""
+    at, at_space = _at_resolution(arch, space, resolution)
+    acc = evaluation.evaluate_static(model, variables, ds.test, at.resolution,
+                                     batch_size)
+    cost = objectives.count(at_space, at, model.num_classes)
+    row = {"name": name, "resolution": at.resolution,
+           "arch_resolution": arch.resolution, "width": arch.width,
            "genes": space.encode(arch).tolist(),
            "net_subnet": arch.to_nat_subnet(space),
            "top1": acc["top1"], "top5": acc["top5"], "correct1": acc["correct1"],
@@ -135,7 +63,7 @@ def _row(name: str, model, variables, arch: ss.Arch, space: ss.SearchSpace,
            "madds": cost["madds"], "params": cost["params"],
            "params_counted": export.count_params(variables)}
     if latency_repeats > 0:
-        lat = latency.subnet_latency(model, variables, arch.resolution,
+        lat = latency.subnet_latency(model, variables, at.resolution,
                                      latency_batch_size, repeats=latency_repeats)
         row.update(latency_ms=lat["median_ms"], latency_min_ms=lat["min_ms"],
                    latency_batch_size=latency_batch_size)
@@ -154,28 +82,39 @@ def _load_dataset(dataset: str | None, data_dir: str | None, fallback: str | Non
 
 def evaluate_subnet_dir(directory: str, dataset: str | None = None,
                         data_dir: str | None = None, batch_size: int = 256,
-                        latency_batch_size: int = 1, latency_repeats: int = 20
-                        ) -> tuple[str, list[dict]]:
-    """(dataset, [row]) of a `export.save_subnet` directory."""
+                        latency_batch_size: int = 1, latency_repeats: int = 20,
+                        resolution: int | None = None) -> tuple[str, list[dict]]:
+    """(dataset, [row]) of a `export.save_subnet` directory.
+
+    Args:
+      resolution: input side to evaluate at (default: the subnet's own).
+    """
     arch, space, meta = export.load_info(directory)
     model, variables, _ = export.load_subnet(directory)
     name, ds = _load_dataset(dataset, data_dir, meta.get("extra", {}).get("dataset"))
     _check_classes(model.num_classes, ds, name)
     return name, [_row(os.path.basename(os.path.abspath(directory)), model, variables,
                        arch, space, ds, batch_size, latency_batch_size,
-                       latency_repeats)]
+                       latency_repeats, resolution)]
 
 
 def evaluate_front(workdir: str, dataset: str | None = None,
                    data_dir: str | None = None, batch_size: int = 256,
                    latency_batch_size: int = 1, latency_repeats: int = 20,
                    which: str = "front", calib_images: int = 2000,
-                   seed: int = 0) -> tuple[str, list[dict]]:
+                   seed: int = 0, resolution: int | None = None
+                   ) -> tuple[str, list[dict]]:
     """(dataset, rows) of a finished transfer workdir's front (or its picks).
 
     Args:
       which: "front" (every nondominated archive member) or "picks".
+      calib_images, seed: BN re-calibration images (drawn from train + val)
+        and the seed of their draw.
+      resolution: input side to re-calibrate and evaluate at (default: each
+        subnet's own).
     """
+    if resolution is not None:
+        resolution = supernet_lib.check_resolution(resolution)
     wd = pathlib.Path(workdir)
     for f in ("result.json", "archive.json", "config.json"):
         if not (wd / f).is_file():
@@ -192,8 +131,7 @@ def evaluate_front(workdir: str, dataset: str | None = None,
     model, variables = supernet_lib.load_supernet(sdir)
     _check_classes(model.num_classes, ds, name)
     train = data.full_train_split(ds)
-    mesh = data_mesh()
-    n_dev = mesh.devices.size
+    n_dev = sharding.data_mesh().size
     calib_bs = max(n_dev, min(200, calib_images) // n_dev * n_dev)
     cal = pipeline.CalibrationSet(train, calib_images, calib_bs, seed,
                                   num_devices=n_dev)
@@ -202,9 +140,10 @@ def evaluate_front(workdir: str, dataset: str | None = None,
     for i in result[which]:
         arch = model.space.decode(entries[i]["genes"])
         sub, sv, _ = subnet_lib.extract_subnet(model, variables, arch)
-        sv = recalibrate_bn(sub, sv, cal.batches(arch.resolution))
+        r = arch.resolution if resolution is None else resolution
+        sv = evaluation.recalibrate_static_bn(sub, sv, cal.batches(r))
         row = _row(f"archive[{i}]", sub, sv, arch, model.space, ds, batch_size,
-                   latency_batch_size, latency_repeats)
+                   latency_batch_size, latency_repeats, r)
         row.update(archive_index=int(i), pick=i in picks,
                    val_top1=entries[i].get("top1"))
         rows.append(row)
