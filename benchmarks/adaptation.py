@@ -6,8 +6,10 @@ Training: images/second of `adaptation.adapt` on 1 and on 4 forced CPU
 devices (each in a subprocess, since the device count is fixed at JAX start),
 same global batch, with the per-step breakdown: host data (loader + sharding),
 step dispatch, host sync (waiting for the step's loss). Evaluation: seconds
-per subnet of `evaluation.evaluate_subnets` (BN re-calibration + validation),
-one subnet per compiled call against several (vmap). Compiles are excluded
+per subnet (and subnets/minute) of `evaluation.evaluate_subnets` (BN
+re-calibration + validation), one subnet per compiled call in the default
+single-subnet mode ("switch" on CPU) and in "masked", side by side, and
+several subnets per call (vmap). Compiles are excluded
 (a warm-up call first).
 """
 
@@ -56,14 +58,19 @@ def child(args):
     if args.mode in ("eval", "both"):
         cal = pipeline.CalibrationSet(ds.train, 2000, 200)
         sub = list(genes[:args.subnets])
-        for g in (1, 4):
+        # one subnet per call in each exec mode (None: the default, "switch"
+        # on CPU), then several per call (vmap, masked)
+        for name, mode, g in (("g1", None, 1), ("g1_masked", "masked", 1),
+                              ("g4", None, 4)):
             ecfg = ev.EvalConfig(batch_size=200, subnets_per_call=g)
-            ev.evaluate_subnets(model, variables, sub[:g], space, ds.val,
+            m = model if mode is None else model.clone(exec_mode=mode)
+            ev.evaluate_subnets(m, variables, sub[:g], space, ds.val,
                                 ds.train, ecfg, mesh=mesh, calibration=cal)
             t = time.perf_counter()
-            ev.evaluate_subnets(model, variables, sub, space, ds.val, ds.train,
+            ev.evaluate_subnets(m, variables, sub, space, ds.val, ds.train,
                                 ecfg, mesh=mesh, calibration=cal)
-            out[f"eval_s_per_subnet_g{g}"] = (time.perf_counter() - t) / len(sub)
+            out[f"eval_s_per_subnet_{name}"] = (time.perf_counter() - t) / len(sub)
+        out["single_subnet_mode"] = supernet.default_exec_mode(True)
         out["eval_images"] = len(ds.val)
         images = [b["image"] for b in cal.batches(res)]
         supernet.recalibrate_bn(model, variables, space.decode(sub[0]), images)
@@ -89,6 +96,7 @@ def run_child(devices, args, mode):
 
 
 def main():
+    print(f"load average {os.getloadavg()}")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--space", default="tiny", choices=("tiny", "ofa"))
     p.add_argument("--steps", type=int, default=20)
@@ -115,10 +123,15 @@ def main():
     print(f"4-device / 1-device images/s: "
           f"{four['images_per_s'] / one['images_per_s']:.2f}")
     g1, g4 = one["eval_s_per_subnet_g1"], one["eval_s_per_subnet_g4"]
+    gm = one["eval_s_per_subnet_g1_masked"]
+    print(f"evaluation subnets/minute, one per call: default "
+          f"({one['single_subnet_mode']}) {60 / g1:.1f}, masked {60 / gm:.1f}; "
+          f"ratio default/masked {gm / g1:.2f}x")
     print(f"evaluation ({one['eval_images']} val images + 2000 calibration, "
           f"1 device): {g1:.3f} s/subnet one per call, {g4:.3f} s/subnet "
           f"4 per call (vmap); ratio {g4 / g1:.2f}; of which BN "
           f"re-calibration {one['recal_s_per_subnet']:.3f} s/subnet")
+    print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

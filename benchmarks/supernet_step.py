@@ -50,7 +50,8 @@ _CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
 _RECAL = flags.DEFINE_bool("recal", False, "Time BN re-calibration instead.")
 
 
-def _archs(space, n, res, width, seed=0):
+def sample_archs(space, n, res, width, seed=0):
+    """`n` uniformly sampled subnets of `space` at resolution `res`, `width`."""
     genes = np.array(space.sample(jax.random.key(seed), n))
     genes[:, 0], genes[:, 1] = 0, space.widths.index(width)
     out = []
@@ -60,11 +61,15 @@ def _archs(space, n, res, width, seed=0):
     return out
 
 
-def bench_jax(model, variables, archs, x, y):
-    tx = optax.sgd(0.01, momentum=0.9)
+def make_train_step(model, tx):
+    """Jitted (params, stats, opt, images, labels, arrays, key) -> same + loss.
 
+    One supernet training step: forward of subnet `arrays` with batch-stat
+    BN, cross-entropy, backward, `tx` update. Images float32[B, R, R, 3] and
+    labels int32[B] are arguments (not baked into the program).
+    """
     @jax.jit
-    def step(params, stats, opt, arrays, key):
+    def step(params, stats, opt, x, y, arrays, key):
         def loss_fn(p):
             logits, upd = model.apply({"params": p, "batch_stats": stats}, x, arrays,
                                       train=True, rngs={"dropout": key},
@@ -74,17 +79,36 @@ def bench_jax(model, variables, archs, x, y):
         (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         upd, opt = tx.update(g, opt, params)
         return optax.apply_updates(params, upd), stats, opt, loss
+    return step
 
+
+def compile_seconds(model, variables, arch, batch_size):
+    """Seconds to trace, lower and compile the training step at arch.resolution."""
+    tx = optax.sgd(0.01, momentum=0.9)
+    params, stats = variables["params"], variables["batch_stats"]
+    r = arch.resolution
+    x = jax.ShapeDtypeStruct((batch_size, r, r, 3), jnp.float32)
+    y = jax.ShapeDtypeStruct((batch_size,), jnp.int32)
+    t = time.perf_counter()
+    make_train_step(model, tx).lower(params, stats, tx.init(params), x, y,
+                                     arch.as_arrays(), jax.random.key(0)).compile()
+    return time.perf_counter() - t
+
+
+def bench_jax(model, variables, archs, x, y):
+    """(train img/s, eval img/s, train compile s, eval compile s) of `model`."""
+    tx = optax.sgd(0.01, momentum=0.9)
+    step = make_train_step(model, tx)
     params, stats = variables["params"], variables["batch_stats"]
     opt = tx.init(params)
     t = time.perf_counter()
-    out = step(params, stats, opt, archs[0].as_arrays(), jax.random.key(0))
+    out = step(params, stats, opt, x, y, archs[0].as_arrays(), jax.random.key(0))
     jax.block_until_ready(out)
     compile_train = time.perf_counter() - t
     params, stats, opt, _ = out
     t = time.perf_counter()
     for i, a in enumerate(archs):
-        params, stats, opt, loss = step(params, stats, opt, a.as_arrays(),
+        params, stats, opt, loss = step(params, stats, opt, x, y, a.as_arrays(),
                                         jax.random.key(i))
     jax.block_until_ready(loss)
     train = len(archs) * x.shape[0] / (time.perf_counter() - t)
@@ -100,11 +124,17 @@ def bench_jax(model, variables, archs, x, y):
     return train, ev, compile_train, compile_eval
 
 
-def bench_torch(net, archs, x, y):
+def bench_torch(net, archs, x, y, device="cpu"):
+    """(train img/s, eval img/s) of OFA's PyTorch supernet on `device`."""
     import torch
 
-    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    yt = torch.from_numpy(y.astype(np.int64))
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    net = net.to(device)
+    xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+    yt = torch.from_numpy(y.astype(np.int64)).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     net.train()
 
@@ -116,18 +146,22 @@ def bench_torch(net, archs, x, y):
         opt.step()
 
     train_step(archs[0])  # warm-up
+    sync()
     t = time.perf_counter()
     for a in archs:
         train_step(a)
+    sync()
     train = len(archs) * x.shape[0] / (time.perf_counter() - t)
     net.eval()
     with torch.no_grad():
         net.set_active_subnet(**archs[0].to_ofa(ss.OFA_MBV3))
         net(xt)
+        sync()
         t = time.perf_counter()
         for a in archs:
             net.set_active_subnet(**a.to_ofa(ss.OFA_MBV3))
             net(xt)
+        sync()
     ev = len(archs) * x.shape[0] / (time.perf_counter() - t)
     return train, ev
 
@@ -166,7 +200,7 @@ def bench_recal():
     batches = [jnp.asarray(rng.randn(200, res, res, 3).astype(np.float32))
                for _ in range(10)]
     archs = [ss.Arch(res, 1.0, a.ks, a.e, a.d)
-             for a in _archs(space, 9, res, 1.0, seed=1)]
+             for a in sample_archs(space, 9, res, 1.0, seed=1)]
     print(f"BN re-calibration, tiny space, {res} px, 10 x 200 images, "
           f"{len(archs) - 1} subnets, cpus={os.cpu_count()}")
     for mode in supernet.EXEC_MODES:
@@ -196,7 +230,7 @@ def main(argv):
     res, bs, width = _RES.value, _BATCH.value, _WIDTH.value
     space = dataclasses.replace(ss.OFA_MBV3, resolutions=(res,))
     net = ofa_oracle.build(width, n_classes=_CLASSES.value)
-    archs = _archs(space, _STEPS.value, res, width)
+    archs = sample_archs(space, _STEPS.value, res, width)
     rng = np.random.RandomState(0)
     x = rng.randn(bs, res, res, 3).astype(np.float32)
     y = rng.randint(0, _CLASSES.value, bs)

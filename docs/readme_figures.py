@@ -1,0 +1,109 @@
+"""Regenerates the README's default-run figures from a real run.
+
+    python docs/readme_figures.py                 # run the default job, then update
+    python docs/readme_figures.py --workdir=runs/default --no-run   # re-read a run
+
+Runs `python -m experiments.transfer --workdir=WORKDIR` (the README's main job on
+the embedded default), times it, and rewrites the block of README.md between
+`<!-- default-run:begin -->` and `<!-- default-run:end -->` with what the run
+wrote (config.json, metrics.jsonl, archive.json, result.json, the train
+checkpoints), so the README's figures cannot drift from what the code does.
+The load average before and after is part of the text: the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- default-run:begin -->", "<!-- default-run:end -->"
+
+
+def _load() -> str:
+    return "{:.1f}".format(os.getloadavg()[0])
+
+
+def _fmt_s(s: float) -> str:
+    return f"{int(s // 60)} min {int(round(s % 60))} s"
+
+
+def _jsonl(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _steps(workdir: pathlib.Path) -> int:
+    steps = [int(p.name) for p in (workdir / "ckpt").glob("*") if p.name.isdigit()]
+    return max(steps, default=0)
+
+
+def block(workdir: pathlib.Path, wall_s: float | None, loads: tuple[str, str]) -> str:
+    cfg = json.loads((workdir / "config.json").read_text())
+    arc = json.loads((workdir / "archive.json").read_text())["entries"]
+    res = json.loads((workdir / "result.json").read_text())
+    metrics = _jsonl(workdir / "metrics.jsonl")
+    measured = [e for e in arc if e.get("top1") is not None]
+    best = max(e["top1"] for e in measured)
+    names = [n for n in cfg["objectives"].split(",") if n != "top1_error"]
+    lines = []
+    when = (f"**{_fmt_s(wall_s)}** wall time (load average {loads[0]} before, "
+            f"{loads[1]} after)" if wall_s is not None else "a re-read run")
+    lines.append(
+        f"Measured by `python docs/readme_figures.py` on {platform.machine()} "
+        f"with {os.cpu_count()} cores, no GPU: {when}; {len(metrics)} iterations, "
+        f"{_steps(workdir)} adaptation steps of batch {cfg['adapt']['batch_size']}, "
+        f"{len(measured)} subnets measured, best validation top-1 {best:.1f}%, "
+        f"final hypervolume {metrics[-1]['hypervolume']:.4f}." if metrics else "")
+    lines += ["", "| pick | archive # | encoding | resolution | width | top-1 (%) | "
+              + " | ".join(names) + " |",
+              "|---" * (6 + len(names)) + "|"]
+    for k, i in enumerate(res["picks"]):
+        e = arc[i]
+        objs = " | ".join(f"{e['objectives'].get(n, float('nan')):.3f}" for n in names)
+        lines.append(f"| {k} | {i} | `{e.get('encoding')}` | {e['resolution']} | "
+                     f"{e['width']} | {e['top1']:.2f} | {objs} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="runs/readme_default")
+    p.add_argument("--no-run", action="store_true", help="only re-read WORKDIR")
+    p.add_argument("--readme", default=str(ROOT / "README.md"))
+    args = p.parse_args()
+    workdir = pathlib.Path(args.workdir)
+    wall, loads = None, (_load(), _load())
+    if not args.no_run:
+        if workdir.exists():
+            print(f"error: {workdir} exists; give a new --workdir (a timed run must "
+                  f"start fresh) or --no-run", file=sys.stderr)
+            return 2
+        before, t0 = _load(), time.time()
+        subprocess.run([sys.executable, "-m", "experiments.transfer",
+                        f"--workdir={workdir}"], check=True, cwd=ROOT)
+        wall, loads = time.time() - t0, (before, _load())
+    text = block(workdir, wall, loads)
+    readme = pathlib.Path(args.readme)
+    s = readme.read_text()
+    if BEGIN not in s or END not in s:
+        print(text)
+        print(f"error: {readme} has no {BEGIN} ... {END} block", file=sys.stderr)
+        return 2
+    s = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END),
+               lambda _: f"{BEGIN}\n{text}\n{END}", s, flags=re.S)
+    readme.write_text(s)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
