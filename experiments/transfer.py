@@ -1,7 +1,7 @@
 r"""NAT: transfer an OFA supernet to a dataset and search its trade-off front.
 
 Usage:
-  python -m experiments.transfer                 # CPU demo: embedded data, tiny config
+  python -m experiments.transfer     # CPU demo: shipped supernet -> MNIST, tiny config
   python -m experiments.transfer --dataset=dtd --workdir=runs/dtd \
       --config=experiments/configs/transfer.py:paper \
       --supernet=checkpoints/ofa_mbv3_w1.0 --objectives=top1_error,madds

@@ -62,8 +62,10 @@ class AdaptConfig:
         (leaves with ndim >= 2); BN scale/bias and biases are not decayed
         (OFA's `no_decay_keys="bn#bias"`).
       label_smoothing: cross-entropy label smoothing (OFA: 0.1).
-      floor: Eq. 3 smoothing; every allowed value of a gene keeps probability
-        at least `floor / num_allowed` (see `gene_distribution`).
+      floor: mixture weight of a uniform distribution added to Eq. 3 (every
+        allowed value keeps probability >= `floor / num_allowed`, see
+        `gene_distribution`); 0 (the default, the `paper` config) is Eq. 3
+        as printed.
       checkpoint_every: save every this many global steps (with a
         checkpointer); the end of `adapt` is always saved.
     """
@@ -74,7 +76,7 @@ class AdaptConfig:
     nesterov: bool = True
     weight_decay: float = 3e-5
     label_smoothing: float = 0.1
-    floor: float = 0.01
+    floor: float = 0.0
     checkpoint_every: int = 200
 
     def __post_init__(self):
@@ -91,15 +93,19 @@ class AdaptConfig:
 # ------------------------------------------------------------------ Eq. 3
 
 
-def gene_distribution(space: ss.SearchSpace, genes, floor: float = 0.01
+def gene_distribution(space: ss.SearchSpace, genes, floor: float = 0.0
                       ) -> np.ndarray:
     """Per-gene categorical distribution of an archive (paper Eq. 3).
 
-    `p[i, v]` is the frequency of value v at gene position i among the
-    archive's (canonical) genotypes, mixed with a uniform distribution over
-    the values allowed at position i: `(1 - floor) * freq + floor / allowed`.
-    So values never seen keep a small nonzero probability (the sampler can
-    still explore them), values outside the bounds have probability 0, and
+    Eq. 3: p(X_i = j) = (# of architectures with option j at the i-th
+    integer) / (total # of architectures in the archive). NAT builds it from
+    the working archive A (the top-ranked subnets, Algorithm 1 line 11), so
+    pass A's genotypes, not the whole history.
+
+    With `floor` > 0 (not in the paper) the frequency is mixed with a
+    uniform distribution over the values allowed at position i:
+    `(1 - floor) * freq + floor / allowed`, so values never seen keep a small
+    nonzero probability. Values outside the bounds have probability 0, and
     an empty archive gives the uniform distribution.
 
     Args:

@@ -5,6 +5,12 @@ are one entry) and records the measured top-1/top-5 accuracy of the latest
 evaluation, which supernet weights ("version": number of completed adaptation
 rounds) it was measured with, each complexity objective, and the iteration it
 joined the archive. Host-side and small: a plain dataclass, not a pytree.
+
+The archive keeps every subnet ever measured (the history). `working` maps a
+NAT iteration to the indices of the working archive A of Algorithm 1 formed
+then (0: the initial archive, line 2; t + 1: `Selection(A ∪ P_t, N)` after
+the search of iteration t, line 11): adaptation (Eq. 3), measurement (line 5),
+the predictor and the final front use A, never the stale rest of the history.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class Archive:
 
     space: ss.SearchSpace
     entries: list[Entry] = dataclasses.field(default_factory=list)
+    working: dict[int, list[int]] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -78,9 +85,28 @@ class Archive:
     def get(self, genes: Sequence[int]) -> Entry:
         return self.entries[self._index()[self.canonical(genes)]]
 
-    def pending(self, version: int) -> list[int]:
-        """Indices of entries not yet measured with weights `version`."""
-        return [i for i, e in enumerate(self.entries) if e.version < version]
+    def pending(self, version: int, among: Sequence[int] | None = None
+                ) -> list[int]:
+        """Indices of entries (of `among`, default all) not yet measured with
+        weights `version`, in increasing order."""
+        idx = range(len(self.entries)) if among is None else sorted(among)
+        return [i for i in idx if self.entries[i].version < version]
+
+    def set_working(self, iteration: int, indices: Iterable[int]) -> None:
+        """Records the working archive A formed at NAT `iteration`."""
+        idx = sorted(int(i) for i in indices)
+        if idx and not 0 <= idx[0] <= idx[-1] < len(self.entries):
+            raise ValueError(f"Working-archive indices {idx[0]}..{idx[-1]} fall "
+                             f"outside the {len(self.entries)} entries.")
+        self.working[int(iteration)] = idx
+
+    def working_at(self, iteration: int) -> list[int]:
+        """Indices of A as of NAT `iteration`: the latest set formed at or
+        before it (every entry when no working archive was recorded)."""
+        past = [t for t in self.working if t <= iteration]
+        if not past:
+            return list(range(len(self.entries)))
+        return list(self.working[max(past)])
 
     def record(self, i: int, top1: float, top5: float, version: int) -> None:
         e = self.entries[i]
@@ -125,7 +151,8 @@ class Archive:
                 "objectives": e.objectives,
                 "predicted_top1": e.predicted_top1,
             })
-        return {"num_genes": self.space.num_genes, "entries": rows}
+        return {"num_genes": self.space.num_genes, "entries": rows,
+                "working": {str(t): list(v) for t, v in sorted(self.working.items())}}
 
     @classmethod
     def from_json(cls, obj: dict[str, Any], space: ss.SearchSpace) -> "Archive":
@@ -140,6 +167,8 @@ class Archive:
                 top1=r.get("top1"), top5=r.get("top5"), version=int(r["version"]),
                 objectives=dict(r.get("objectives", {})),
                 predicted_top1=r.get("predicted_top1")))
+        for t, idx in dict(obj.get("working", {})).items():
+            arc.set_working(int(t), idx)
         return arc
 
     def save(self, path: str | os.PathLike) -> None:
@@ -160,3 +189,4 @@ class Archive:
             raise ValueError(f"Archive {path} is corrupt ({err.msg}); delete it to "
                              f"start over or restore it from a backup.") from None
         return cls.from_json(obj, space)
+

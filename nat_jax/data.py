@@ -90,8 +90,9 @@ class DatasetSpec:
         return cmd
 
 
-def _tfds(name, classes, train=("train",), test=("test",), sizes=None):
-    return DatasetSpec(name, "tfds", classes, name, train, test, paper_sizes=sizes)
+def _tfds(name, classes, train=("train",), test=("test",), sizes=None, **kw):
+    return DatasetSpec(name, "tfds", classes, name, train, test, paper_sizes=sizes,
+                       **kw)
 
 
 REGISTRY: dict[str, DatasetSpec] = {
@@ -100,7 +101,9 @@ REGISTRY: dict[str, DatasetSpec] = {
         DatasetSpec(EMBEDDED, "embedded", 10, paper_sizes=None),
         DatasetSpec(EMBEDDED_TARGET, "embedded", 10, paper_sizes=None),
         DatasetSpec(FASHION_MNIST, "idx", 10, folder=FASHION_MNIST_DIR),
-        _tfds("imagenet2012", 1000, test=("validation",), sizes=(1281167, 50000)),
+        # Paper Sec. 4.3: ImageNet's validation split is 50,000 training images.
+        _tfds("imagenet2012", 1000, test=("validation",), sizes=(1281167, 50000),
+              val_fraction=50000 / 1281167),
         _tfds("cifar10", 10, sizes=(50000, 10000)),
         _tfds("cifar100", 100, sizes=(50000, 10000)),
         _tfds("stl10", 10, sizes=(5000, 8000)),

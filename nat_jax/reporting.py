@@ -180,16 +180,26 @@ def _label(name: str) -> str:
 # ----------------------------------------------------------------- report
 def write_report(path: str | os.PathLike, config, archive, names: Sequence[str],
                  front: Sequence[int], picks: Sequence[int],
-                 metrics: Sequence[dict[str, Any]]) -> None:
-    """Markdown summary: run settings, per-iteration metrics, front, picks."""
+                 metrics: Sequence[dict[str, Any]],
+                 outlier: dict[str, Any] | None = None,
+                 working: Sequence[int] | None = None) -> None:
+    """Markdown summary: run settings, per-iteration metrics, front, picks.
+
+    Args:
+      outlier: `tradeoff.outlier_test` of the front's trade-off values with
+        `top_index` an archive index (Appendix F), or None (front < 2).
+      working: the final working archive A (default: every entry).
+    """
     space = archive.space
+    n_work = len(archive) if working is None else len(working)
     lines = [f"# NAT transfer report: {config.dataset}", "",
              f"- config variant: `{config.variant}`, seed {config.seed}, search space "
              f"`{config.space}`, width {config.width}",
              f"- supernet: `{config.supernet or 'random initialisation'}`",
              f"- objectives (minimised): {', '.join(names)}",
-             f"- archive: {len(archive)} evaluated subnets; "
-             f"{len(front)} nondominated", "",
+             f"- archive: {n_work} subnets in the working archive A "
+             f"({len(archive)} ever measured, in archive.json); {len(front)} "
+             f"nondominated in A", "",
              "## Iterations", "",
              "| iter | archive | hypervolume | best top-1 | Kendall tau (new) | "
              "time (s) |", "|---|---|---|---|---|---|"]
@@ -201,6 +211,7 @@ def write_report(path: str | os.PathLike, config, archive, names: Sequence[str],
     header = ["#", "top-1 (%)", "top-5 (%)"] + [_label(n) for n in names[1:]] + [
         "res", "depths", "encoding"]
     lines += ["", "## Selected subnets (high trade-off + most accurate)", "",
+              outlier_line(outlier), "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i in picks:
         lines.append(_row(i, archive, names, space))
@@ -210,6 +221,21 @@ def write_report(path: str | os.PathLike, config, archive, names: Sequence[str],
         lines.append(_row(i, archive, names, space))
     lines += ["", "![final front](plots/front_final.png)", ""]
     pathlib.Path(path).write_text("\n".join(lines))
+
+
+def outlier_line(res: dict[str, Any] | None) -> str:
+    """Appendix F's test of the top trade-off subnet as one sentence."""
+    if res is None:
+        return ("Appendix F outlier test: not applicable (fewer than two "
+                "nondominated subnets).")
+    verdict = "passes" if res["passes"] else "fails"
+    return (f"Appendix F outlier test: top T = {res['top_value']:.4g} (subnet "
+            f"#{res['top_index']}) vs mu + {res['n_sigma']:g} sigma = "
+            f"{res['threshold']:.4g} (mu = {res['rest_mean']:.4g}, sigma = "
+            f"{res['rest_std']:.4g}) over the other {res['n'] - 1} front members: "
+            f"{verdict}" + (" (the top pick stands out statistically)." if
+                            res["passes"] else " (no single subnet stands out; "
+                            "consider every pick)."))
 
 
 def _row(i: int, archive, names, space) -> str:

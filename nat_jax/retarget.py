@@ -138,7 +138,11 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
         sconf = evolution.SearchConfig(**{**sconf.__dict__, "generations": generations})
     sconf = evolution.SearchConfig(**{**sconf.__dict__, "n_candidates": min(
         max(n_evaluate, 1), sconf.pop_size)})
-    measured = np.isfinite(archive.errors())
+    # The final working archive A (paper mode): its members were measured with
+    # the final weights; older history members were measured with older ones.
+    final = np.zeros(len(archive), bool)
+    final[archive.working_at(max(archive.working, default=0))] = True
+    measured = np.isfinite(archive.errors()) & final
     result = evolution.search(jax.random.key(seed), space, archive.genes()[measured],
                               archive.errors()[measured], fn, sconf)
     cands = np.asarray(result.candidates)[np.asarray(result.candidate_valid)]

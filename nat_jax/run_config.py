@@ -36,6 +36,8 @@ from nat_jax import search_space as ss
 
 SPACES = ss.SPACE_NAMES
 MAX_OBJECTIVES = 12   # NAT handles 2 to 12 objectives (paper section 1)
+# search.archive_update: Algorithm 1 line 11 ("paper") or nsganetv2's growth.
+ARCHIVE_UPDATES = ("paper", "authors")
 
 
 def get_space(name: str) -> ss.SearchSpace:
@@ -266,9 +268,13 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "resolutions": _ints,
     "width": _real(0.0, lo_open=True),
     "supernet": _string(),
+    "reset_classifier": _bool,
     "objectives": _string(nonempty=True),
     "latency_table": _string(),
     "search.iterations": _int(1),
+    "search.archive_update": _choice(ARCHIVE_UPDATES),
+    "search.archive_size": _int(4),
+    "search.predictor_train_size": _int(0),
     "search.archive_init": _int(1),
     "search.n_candidates": _int(1),
     "search.pop_size": _int(4),
@@ -331,6 +337,10 @@ def validate(config, num_devices: int | None = None) -> None:
     if s.n_candidates > s.pop_size:
         raise ValueError(f"--config.search.n_candidates={s.n_candidates} is "
                          f"invalid: it must be <= search.pop_size={s.pop_size}.")
+    if 0 < s.predictor_train_size < 3:
+        raise ValueError(f"--config.search.predictor_train_size="
+                         f"{s.predictor_train_size} is invalid: the predictor needs "
+                         f">= 3 subnets (0 = every measured subnet).")
     if config.adapt.lr_end > config.adapt.lr:
         raise ValueError(f"--config.adapt.lr_end={config.adapt.lr_end} is invalid: "
                          f"it must be <= adapt.lr={config.adapt.lr}.")

@@ -2,9 +2,12 @@
 
 `load_for_task` reads a converted supernet directory (experiments.convert_ofa)
 or an official OFA `.pth` file and replaces the classifier with a fresh one
-when the task has other classes; `from_config` does that for a run's
-`--config.supernet`, or initialises a random supernet when none is given
-(the CPU demo).
+when the task has other classes or `reset_classifier` is set (paper section
+4.4: "the last linear layer is reset"; the saved metadata does not record
+the dataset, so the config says it); `from_config` does that for a run's
+`--config.supernet`, or initialises a random supernet when none is given.
+`resolve` turns "pretrained:NAME" into the supernet shipped under
+nat_jax/assets/pretrained/NAME, so a config names it from any cwd.
 """
 
 from __future__ import annotations
@@ -18,10 +21,37 @@ from absl import logging
 from nat_jax import search_space as ss
 from nat_jax import supernet as supernet_lib
 
+PRETRAINED_PREFIX = "pretrained:"
+PRETRAINED_DIR = pathlib.Path(__file__).resolve().parent / "assets" / "pretrained"
+
+
+def resolve(name: str) -> str:
+    """The path of a `--config.supernet` value.
+
+    "pretrained:small_fashion_mnist/w1.0" is the supernet shipped in the
+    package (nat_jax/assets/pretrained/small_fashion_mnist/w1.0), wherever
+    the run starts; anything else is returned unchanged.
+
+    Raises:
+      FileNotFoundError: "pretrained:NAME" that the package does not ship.
+    """
+    if not name.startswith(PRETRAINED_PREFIX):
+        return name
+    rel = name[len(PRETRAINED_PREFIX):].strip("/")
+    path = PRETRAINED_DIR / rel
+    if not rel or ".." in pathlib.PurePosixPath(rel).parts or not path.is_dir():
+        shipped = sorted(str(p.parent.relative_to(PRETRAINED_DIR))
+                         for p in PRETRAINED_DIR.glob("*/*/metadata.json"))
+        raise FileNotFoundError(f"--supernet {name}: no such shipped supernet; use "
+                                f"pretrained:one of {shipped}.")
+    return str(path)
+
 
 def load_for_task(directory: str, space: ss.SearchSpace, num_classes: int,
-                  key: jax.Array, dropout_rate: float):
-    """A supernet with a fresh classifier when the classes differ.
+                  key: jax.Array, dropout_rate: float,
+                  reset_classifier: bool = False):
+    """A supernet with a fresh classifier when the classes differ or
+    `reset_classifier` is set.
 
     Args:
       directory: an orbax supernet from experiments.convert_ofa, or an
@@ -30,6 +60,8 @@ def load_for_task(directory: str, space: ss.SearchSpace, num_classes: int,
       num_classes: the task's classes.
       key: PRNG key of the fresh classifier.
       dropout_rate: dropout before the classifier during adaptation.
+      reset_classifier: re-initialise the classifier even when the class
+        count agrees (a different dataset with as many classes).
 
     Returns:
       (model, variables) with variables {"params", "batch_stats"}.
@@ -63,7 +95,7 @@ def load_for_task(directory: str, space: ss.SearchSpace, num_classes: int,
         raise ValueError(f"Supernet {directory} (width {model.width}) does not match "
                          f"the configured search space / width {space.widths[0]}.")
     model = model.clone(space=space, dropout_rate=dropout_rate)
-    if model.num_classes != num_classes:
+    if model.num_classes != num_classes or reset_classifier:
         logging.info("Replacing the %d-class classifier with a fresh %d-class one.",
                      model.num_classes, num_classes)
         model = model.clone(num_classes=num_classes)
@@ -81,7 +113,8 @@ def from_config(config, space: ss.SearchSpace, num_classes: int, key: jax.Array)
     """
     dropout = config.adapt.dropout_rate
     if config.supernet:
-        return load_for_task(config.supernet, space, num_classes, key, dropout)
+        return load_for_task(resolve(config.supernet), space, num_classes, key,
+                             dropout, reset_classifier=config.reset_classifier)
     logging.warning("No --supernet given: starting from a RANDOMLY initialised "
                     "supernet (fine for the CPU demo; for real transfer convert an "
                     "ImageNet OFA checkpoint with experiments.convert_ofa).")

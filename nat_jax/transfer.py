@@ -1,20 +1,36 @@
 """Neural Architecture Transfer end to end (paper Algorithm 1), resumable.
 
-`run(config, workdir)` reads as Algorithm 1: an initial archive of uniformly
-sampled subnets (plus the smallest and largest), a warm-up adaptation of the
-new classifier, then per iteration:
+`run(config, workdir)` reads as Algorithm 1: an initial working archive A
+(line 2), a warm-up adaptation of the new classifier, then per iteration:
 
   1. adapt the supernet (Algorithm 5; one subnet per batch sampled from the
-     archive's per-gene distribution, Eq. 3);
-  2. evaluate every archive member not yet measured with the current weights
-     (BN re-calibration, then validation top-1/top-5);
-  3. fit the RBF-ensemble predictor and run the evolutionary search
-     (Algorithms 2-4) on predicted error plus the complexity objectives;
-  4. add the K chosen candidates to the archive and evaluate them;
+     per-gene distribution of the working archive A, Eq. 3);
+  2. measure every member of A not yet measured with the current weights
+     (line 5, `f <- S_w(A, D_vld)`: BN re-calibration, validation top-1);
+  3. fit the RBF-ensemble predictor (line 6) on the top-ranked
+     `search.predictor_train_size` of A (Algorithm 4 on the measured
+     objectives; 0 = every measured subnet) and run the evolutionary search
+     (line 8, Algorithms 2-4) on predicted error plus the complexity
+     objectives;
+  4. update A (`search.archive_update`):
+     "paper": line 11, `A <- Selection(A ∪ P_t, N)`: the search's whole
+       final population P_t joins A with its predicted error, Algorithm 4
+       (NSGA-III survival) keeps N = `search.archive_size`; the survivors
+       never measured are measured right away with the current weights (and
+       with every later weights at line 5);
+     "authors": the authors' nsganetv2 growth: K = `search.n_candidates`
+       gap-filling candidates are added and A is the whole history;
 
-and at the end picks the high trade-off subnets (Appendix C) plus the most
-accurate one. Config-to-objects lives in `run_config`, the starting supernet
-in `task_supernet`, the workdir protocol in `workdir`.
+and at the end picks the high trade-off subnets of A's measured front
+(Appendix C, with Appendix F's outlier test in report.md) plus the most
+accurate one. The initial A is, in "paper" mode, N - 1 uniform samples plus
+the smallest subnet at the smallest resolution (size N, Table 2: 300); in
+"authors" mode `search.archive_init` samples plus the smallest (at the
+smallest resolution, as nsganetv2's `initialize`) and the largest subnet.
+Every subnet ever measured stays in `archive.json` with its latest
+measurement; its "working" map records A per iteration. Config-to-objects
+lives in `run_config`, the starting supernet in `task_supernet`, the
+workdir protocol in `workdir`.
 
 Everything a rerun needs lives in `workdir`: `config.json`, `data.json`
 (the split's fingerprint: a rerun on other data is refused), `archive.json`
@@ -54,6 +70,7 @@ from nat_jax import (
     data,
     evaluation,
     evolution,
+    nsga3,
     pipeline,
     rank_stats,
     reporting,
@@ -88,7 +105,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
         config, task.space, task.num_classes, jax.random.fold_in(key, 2))
     _claim_workdir(workdir, config, task.dataset)          # the first write
     r = _setup(config, workdir, task, model, variables, key)
-    archive = initial_archive(r)                           # uniform + min + max
+    archive = initial_archive(r)                           # line 2
     done = {m["iteration"] for m in workdir_lib.read_jsonl(workdir / "metrics.jsonl")}
     for it in range(config.search.iterations):
         if it in done:
@@ -97,10 +114,12 @@ def run(config, workdir: str | os.PathLike) -> dict:
         t0 = time.time()
         r.state = adapt_round(r, archive, it)              # Algorithm 5
         times["adapt"] = time.time() - t0
-        times["evaluate"] = evaluate_pending(r, archive, version=it + 1)
-        if not any(e.iteration == it + 1 for e in archive.entries):
-            times["search"] = search(r, archive, it)       # Algorithms 2-4
-        times["evaluate_new"] = evaluate_pending(r, archive, version=it + 1)
+        times["evaluate"] = evaluate_pending(r, archive, it + 1,  # line 5
+                                             archive.working_at(it))
+        if it + 1 not in archive.working:
+            times["search"] = search(r, archive, it)       # lines 6-11
+        times["evaluate_new"] = evaluate_pending(r, archive, it + 1,
+                                                 archive.working_at(it + 1))
         record_iteration(r, archive, it, times)
     summary = finish(r, archive)                           # Appendix C picks
     workdir_lib.write_json(workdir / "progress.json", {"done": True})
@@ -219,8 +238,13 @@ def _setup(config, workdir: pathlib.Path, task: run_config.Task, model, variable
 
 # --------------------------------------------------------------- phases
 def initial_archive(r: _Run) -> Archive:
-    """The archive of `archive.json`, or a new one: `search.archive_init`
-    uniform samples plus the smallest and the largest subnet (unmeasured)."""
+    """The archive of `archive.json`, or a new one (Algorithm 1 line 2).
+
+    "paper": `search.archive_size` - 1 uniform samples plus the smallest
+    subnet at the smallest resolution (A has size N); "authors":
+    `search.archive_init` samples plus the smallest (smallest resolution)
+    and the largest subnet. All unmeasured; all form the working archive.
+    """
     path = r.workdir / "archive.json"
     space = r.task.space
     if path.exists():
@@ -228,11 +252,17 @@ def initial_archive(r: _Run) -> Archive:
         logging.info("Resuming: archive of %d subnets from %s", len(arc), path)
         return arc
     arc = Archive(space)
-    init = np.asarray(space.sample(jax.random.fold_in(r.key, 3),
-                                   r.config.search.archive_init))
-    ends = [space.encode(space.min_arch()), space.encode(space.max_arch())]
+    s = r.config.search
+    paper = s.archive_update == "paper"
+    n = s.archive_size - 1 if paper else s.archive_init
+    init = np.asarray(space.sample(jax.random.fold_in(r.key, 3), n)).reshape(
+        n, space.num_genes)
+    ends = [space.encode(space.min_arch(resolution=space.resolutions[0]))]
+    if not paper:
+        ends.append(space.encode(space.max_arch()))
     genes = np.concatenate([init, np.stack(ends)])
     arc.add(genes, iteration=0, objectives=_objectives(r, genes))
+    arc.set_working(0, range(len(arc)))
     arc.save(path)
     return arc
 
@@ -248,8 +278,8 @@ def adapt_round(r: _Run, archive: Archive, it: int) -> training.TrainState:
     done = int(r.state.step)
     if done >= target:
         return r.state
-    probs = adaptation.gene_distribution(r.task.space, archive.genes(),
-                                         r.adapt_cfg.floor)
+    probs = adaptation.gene_distribution(               # Eq. 3 over A
+        r.task.space, archive.genes()[archive.working_at(it)], r.adapt_cfg.floor)
     logging.info("Adaptation round %d: global steps %d..%d of %d", it, done, target,
                  r.total_steps)
     prog = reporting.Progress(f"adapt round {it}", target - done)
@@ -269,14 +299,16 @@ def adapt_round(r: _Run, archive: Archive, it: int) -> training.TrainState:
     return state
 
 
-def evaluate_pending(r: _Run, archive: Archive, version: int) -> float:
-    """Measures every member not yet evaluated with weights `version`.
+def evaluate_pending(r: _Run, archive: Archive, version: int,
+                     among: list[int] | None = None) -> float:
+    """Measures every member (of `among`, default all) not yet evaluated
+    with weights `version`.
 
     Subnets are evaluated grouped by resolution (one compile each) and the
     archive is saved after every subnet, so a crash loses at most one.
     Returns the seconds taken.
     """
-    todo = archive.pending(version)
+    todo = archive.pending(version, among)
     if not todo:
         return 0.0
     t0 = time.time()
@@ -304,26 +336,118 @@ def evaluate_pending(r: _Run, archive: Archive, version: int) -> float:
     return time.time() - t0
 
 
-def search(r: _Run, archive: Archive, it: int) -> float:
-    """Fits the predictor, searches, adds the K candidates (iteration it + 1).
+def rank_top(objectives, n: int, key: jax.Array) -> np.ndarray:
+    """Algorithm 4 (NSGA-III survival, `nsga3.survive`): the `n` top-ranked
+    rows of `objectives`, all of them when there are at most `n`.
 
-    Returns the seconds taken.
+    Args:
+      objectives: float[p, m] minimised objectives; NaN rows rank last.
+      n: how many to keep (>= 1).
+      key: PRNG key of the niching ties.
+
+    Returns:
+      int64[min(n, p)] sorted row indices.
+    """
+    F = np.asarray(objectives, np.float32)
+    if F.ndim != 2:
+        raise ValueError(f"objectives must be [p, m], got shape {F.shape}.")
+    if n < 1:
+        raise ValueError(f"Cannot keep n={n} members; pass n >= 1.")
+    if len(F) <= n:
+        return np.arange(len(F))
+    ref = np.asarray(nsga3.default_reference_directions(F.shape[1], n), np.float32)
+    idx = np.asarray(nsga3.survive(jax.numpy.asarray(F), n, jax.numpy.asarray(ref),
+                                   key))
+    return np.sort(idx.astype(np.int64))
+
+
+def predictor_train_set(r: _Run, archive: Archive, it: int) -> np.ndarray:
+    """Archive indices the predictor is fitted on (Algorithm 1 line 6).
+
+    Table 2 "Train size 100" and section 3.3 ("restricting the surrogate
+    model to ... the current objective trade-off"): the top-ranked
+    `search.predictor_train_size` members of A by Algorithm 4 on their
+    measured objectives; 0 = every measured subnet of the history (the
+    authors' nsganetv2 fits on its whole archive).
+    """
+    size = r.config.search.predictor_train_size
+    F = archive.objective_matrix(r.task.names)
+    if size == 0:
+        return np.flatnonzero(np.isfinite(F[:, 0]))
+    A = np.asarray(archive.working_at(it), np.int64)
+    A = A[np.isfinite(F[A]).all(-1)]
+    top = rank_top(F[A], size, jax.random.fold_in(r.key, 2000 + it))
+    return A[top]
+
+
+def search(r: _Run, archive: Archive, it: int) -> float:
+    """Fits the predictor, searches and updates A (lines 6-11 of Algorithm 1).
+
+    Records the working archive of iteration it + 1 (see the module
+    docstring for the two `search.archive_update` modes). Returns the
+    seconds taken.
     """
     t0 = time.time()
+    train = predictor_train_set(r, archive, it)
     result = evolution.search(jax.random.fold_in(r.key, 1000 + it), r.task.space,
-                              archive.genes(), archive.errors(), r.task.complexity,
-                              r.search_cfg)
-    ok = np.asarray(result.candidate_valid)
-    cands = np.asarray(r.task.space.canonicalize(np.asarray(result.candidates)))[ok]
-    pred_err = np.asarray(result.candidate_objectives)[ok, 0]
-    added = archive.add(cands, iteration=it + 1, objectives=_objectives(r, cands))
-    for i in added:
-        row = np.flatnonzero((cands == archive.entries[i].genes).all(-1))[0]
-        archive.entries[i].predicted_top1 = float(100.0 - pred_err[row])
+                              archive.genes()[train], archive.errors()[train],
+                              r.task.complexity, r.search_cfg)
+    if r.config.search.archive_update == "paper":
+        _select_archive(r, archive, it, result)
+    else:
+        ok = np.asarray(result.candidate_valid)
+        cands = np.asarray(r.task.space.canonicalize(
+            np.asarray(result.candidates)))[ok]
+        pred_err = np.asarray(result.candidate_objectives)[ok, 0]
+        added = archive.add(cands, iteration=it + 1, objectives=_objectives(r, cands))
+        for i in added:
+            row = np.flatnonzero((cands == archive.entries[i].genes).all(-1))[0]
+            archive.entries[i].predicted_top1 = float(100.0 - pred_err[row])
+        archive.set_working(it + 1, range(len(archive)))
     archive.save(r.workdir / "archive.json")
     seconds = time.time() - t0
     r.eta.observe("search", seconds)
     return seconds
+
+
+def _select_archive(r: _Run, archive: Archive, it: int,
+                    result: evolution.SearchResult) -> None:
+    """`A <- Selection(A ∪ P_t, N)` (Algorithm 1 line 11, Algorithm 4).
+
+    A's members enter with their measured error (weights of round it), the
+    search's final population P_t with its predicted error; members of P_t
+    already in A, duplicated or penalised (NaN) are dropped. New survivors
+    join the history (unmeasured, with their predicted top-1); survivors of
+    the history outside A are re-measured like every member of A.
+    """
+    names = r.task.names
+    A = archive.working_at(it)
+    F_A = archive.objective_matrix(names)[A]
+    pop = np.asarray(r.task.space.canonicalize(np.asarray(result.population)))
+    pop_f = np.asarray(result.objectives, np.float64)
+    in_a = {archive.entries[i].genes for i in A}
+    rows, seen = [], set()
+    for j, g in enumerate(map(tuple, pop.tolist())):
+        if g in in_a or g in seen or not np.isfinite(pop_f[j]).all():
+            continue
+        seen.add(g)
+        rows.append(j)
+    rows = np.asarray(rows, np.int64)
+    F = np.concatenate([F_A, pop_f[rows]]) if len(rows) else F_A
+    keep = rank_top(F, r.config.search.archive_size,
+                    jax.random.fold_in(r.key, 3000 + it))
+    working = [A[i] for i in keep if i < len(A)]
+    new_rows = rows[[i - len(A) for i in keep if i >= len(A)]]
+    genes = pop[new_rows]
+    added = set(archive.add(genes, iteration=it + 1,
+                            objectives=_objectives(r, genes)))
+    index = {e.genes: i for i, e in enumerate(archive.entries)}
+    for g, row in zip(map(tuple, genes.tolist()), new_rows):
+        i = index[g]
+        working.append(i)
+        if i in added:
+            archive.entries[i].predicted_top1 = float(100.0 - pop_f[row, 0])
+    archive.set_working(it + 1, working)
 
 
 def record_iteration(r: _Run, archive: Archive, it: int, times: dict) -> None:
@@ -332,7 +456,8 @@ def record_iteration(r: _Run, archive: Archive, it: int, times: dict) -> None:
     workdir_lib.append_jsonl(r.workdir / "metrics.jsonl", metrics)
     reporting.write_scalars(r.workdir / "tensorboard", it, metrics)
     reporting.plot_front(r.workdir / "plots" / f"front_iter_{it:02d}.png", archive,
-                         r.task.names, front_indices(archive, r.task.names), [],
+                         r.task.names, front_indices(archive, r.task.names,
+                                                     archive.working_at(it + 1)), [],
                          r.config.baselines.to_dict(),
                          title=f"NAT on {r.config.dataset}: iteration {it}")
     logging.info("Iteration %d/%d: archive %d, HV %.4f, best top-1 %.2f%%, "
@@ -345,11 +470,14 @@ def finish(r: _Run, archive: Archive) -> dict:
     """Front, high trade-off picks, plots, report.md, params-only supernet."""
     names = r.task.names
     F = archive.objective_matrix(names)
-    front = front_indices(archive, names)
+    final = archive.working_at(r.config.search.iterations)
+    front = front_indices(archive, names, final)
     k = min(r.config.final.num_tradeoff, len(front))
-    picks = [int(front[i]) for i in np.asarray(tradeoff.high_tradeoff(
-        F[front] / normaliser(archive, names), k,
-        **run_config.high_tradeoff_kwargs(r.config.final)))]
+    kwargs = run_config.high_tradeoff_kwargs(r.config.final)
+    Fn = F[front] / normaliser(archive, names)
+    picks = [int(front[i]) for i in np.asarray(tradeoff.high_tradeoff(Fn, k,
+                                                                       **kwargs))]
+    outlier = outlier_summary(Fn, front, kwargs)
     most_acc = int(front[np.argmin(F[front, 0])])
     if most_acc not in picks:
         picks.append(most_acc)
@@ -358,14 +486,31 @@ def finish(r: _Run, archive: Archive) -> dict:
         shutil.rmtree(supernet_dir)
     supernet_lib.save_supernet(str(supernet_dir), r.model, r.variables())
     summary = {"front": [int(i) for i in front], "picks": picks,
-               "supernet_dir": str(supernet_dir)}
+               "working_archive": [int(i) for i in final],
+               "outlier_test": outlier, "supernet_dir": str(supernet_dir)}
     (r.workdir / "result.json").write_text(json.dumps(summary, indent=1))
     reporting.plot_front(r.workdir / "plots" / "front_final.png", archive, names,
                          front, picks, r.config.baselines.to_dict(),
                          title=f"NAT on {r.config.dataset}: final archive")
     reporting.write_report(r.workdir / "report.md", r.config, archive, names, front,
-                           picks, workdir_lib.read_jsonl(r.workdir / "metrics.jsonl"))
+                           picks, workdir_lib.read_jsonl(r.workdir / "metrics.jsonl"),
+                           outlier=outlier, working=final)
     return summary
+
+
+def outlier_summary(Fn: np.ndarray, front: np.ndarray, kwargs: dict) -> dict | None:
+    """Appendix F's mu + 3 sigma test of the highest trade-off front member
+    (`tradeoff.outlier_test` on `tradeoff.front_tradeoffs`), JSON-ready;
+    None for a front of fewer than two members."""
+    idx, T = tradeoff.front_tradeoffs(Fn, **kwargs)
+    if len(idx) < 2:
+        return None
+    res = tradeoff.outlier_test(T)
+    out = {k: (bool(v) if isinstance(v, (bool, np.bool_)) else
+               int(v) if isinstance(v, (int, np.integer)) else float(v))
+           for k, v in res.items()}
+    out["top_index"] = int(front[idx[res["top_index"]]])
+    return out
 
 
 # -------------------------------------------------------------- metrics
@@ -374,7 +519,8 @@ def iteration_metrics(r: _Run, archive: Archive, it: int,
     """Hypervolume, predictor rank correlation on the new members, sizes."""
     names = r.task.names
     F = archive.objective_matrix(names)
-    ok = np.isfinite(F).all(-1)
+    A = np.asarray(archive.working_at(it + 1), np.int64)
+    ok = A[np.isfinite(F[A]).all(-1)]
     new = [e for e in archive.entries if e.iteration == it + 1
            and e.predicted_top1 is not None and e.top1 is not None]
     tau = rho = math.nan
@@ -385,11 +531,24 @@ def iteration_metrics(r: _Run, archive: Archive, it: int,
         rho = float(rank_stats.spearman(pred, meas))
     hv = float(tradeoff.hypervolume(F[ok] / normaliser(archive, names),
                                     np.ones(len(names)) * 1.0, key=jax.random.key(it)))
-    best = archive.entries[int(np.nanargmin(F[:, 0]))]
-    return {"iteration": it, "archive_size": len(archive),
+    best = archive.entries[int(ok[np.argmin(F[ok, 0])])]
+    used = archive.working_at(it)                  # what adaptation round it used
+    probs = adaptation.gene_distribution(r.task.space, archive.genes()[used],
+                                         r.adapt_cfg.floor)
+    return {"iteration": it, "archive_size": int(len(A)),
+            "history_size": len(archive),
             "hypervolume": hv, "kendall_tau_new": tau, "spearman_new": rho,
-            "best_top1": best.top1, "n_front": int(len(front_indices(archive, names))),
+            "best_top1": best.top1,
+            "n_front": int(len(front_indices(archive, names, A))),
+            "eq3_count": len(used), "eq3_entropy": gene_entropy(probs),
             "times_s": times}
+
+
+def gene_entropy(probs: np.ndarray) -> float:
+    """Entropy (nats) of Eq. 3's distribution: the sum over genes of each
+    gene's categorical entropy, probs float[num_genes, values]."""
+    p = np.asarray(probs, np.float64)
+    return float(-np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)))
 
 
 def normaliser(archive: Archive, names) -> np.ndarray:
@@ -400,10 +559,12 @@ def normaliser(archive: Archive, names) -> np.ndarray:
     return np.concatenate([[100.0], F0.max(0) * 1.05])
 
 
-def front_indices(archive: Archive, names) -> np.ndarray:
-    """Archive indices of the measured nondominated members."""
+def front_indices(archive: Archive, names, among=None) -> np.ndarray:
+    """Archive indices of the measured nondominated members (of `among`,
+    default every entry)."""
     F = archive.objective_matrix(names)
-    ok = np.flatnonzero(np.isfinite(F).all(-1))
+    idx = np.arange(len(archive)) if among is None else np.asarray(among, np.int64)
+    ok = idx[np.isfinite(F[idx]).all(-1)]
     nd = np.asarray(tradeoff.nondominated(F[ok]))
     return ok[nd]
 
@@ -411,11 +572,18 @@ def front_indices(archive: Archive, names) -> np.ndarray:
 # ------------------------------------------------------------- progress
 def _log_eta(r: _Run, archive: Archive, it: int) -> None:
     """One 'whole run: ETA ...' line from the remaining work of each phase."""
-    iters, k = r.config.search.iterations, r.config.search.n_candidates
-    searched = any(e.iteration == it + 1 for e in archive.entries)
-    size = len(archive) + (0 if searched else k)      # after iteration it
-    evals = len(archive.pending(it + 1)) + (0 if searched else k)
-    evals += sum(size + k * (j - it) for j in range(it + 1, iters))
+    s = r.config.search
+    iters = s.iterations
+    searched = it + 1 in archive.working
+    size = len(archive.working_at(it + 1))
+    if s.archive_update == "paper":   # about half of A renewed per search
+        k, grow = min(s.pop_size, s.archive_size) // 2, 0
+    else:
+        k = grow = s.n_candidates
+    size += 0 if searched else grow
+    evals = len(archive.pending(it + 1, archive.working_at(it + 1)))
+    evals += 0 if searched else k
+    evals += sum(size + k + grow * (j - it) for j in range(it + 1, iters))
     remaining = {"adapt": r.total_steps - int(r.state.step), "evaluate": evals,
                  "search": iters - it - (1 if searched else 0)}
     logging.info("%s", r.eta.line(remaining))

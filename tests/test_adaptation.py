@@ -62,13 +62,16 @@ def test_gene_distribution_is_archive_frequency_with_floor():
     np.testing.assert_allclose(p[0, :3], [0.75, 0.0, 0.25])
     np.testing.assert_allclose(p[2, [1, 5]], [0.75, 0.25])
     np.testing.assert_allclose(p[3, [0, 2]], [0.75, 0.25])
+    # Eq. 3 as printed is the default (no uniform mixture; the paper config).
+    np.testing.assert_array_equal(ad.gene_distribution(SPACE, genes), p)
+    assert ad.AdaptConfig().floor == 0.0
     q = ad.gene_distribution(SPACE, genes, floor=0.1)
     np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-6)
     # unseen allowed values keep floor / num_allowed; out-of-bounds stay 0
     np.testing.assert_allclose(q[0, 1], 0.1 / 3, rtol=1e-6)
     np.testing.assert_allclose(q[2, 2], 0.1 / 9, rtol=1e-6)
     assert q[2, 0] == 0.0 and q[0, 3:].sum() == 0.0 and q[1, 1:].sum() == 0.0
-    uniform = ad.gene_distribution(SPACE, np.zeros((0, SPACE.num_genes)))
+    uniform = ad.gene_distribution(SPACE, np.zeros((0, SPACE.num_genes)), 0.1)
     np.testing.assert_allclose(uniform[3], np.full(10, 0.1), rtol=1e-6)
     with pytest.raises(ValueError, match="position 2"):
         ad.gene_distribution(SPACE, [[0, 0, 0, 0, 1, 1]])

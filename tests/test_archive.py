@@ -51,3 +51,28 @@ def test_load_errors(tmp_path):
     arc.save(tmp_path / "tiny.json")
     with pytest.raises(ValueError, match="another search space"):
         Archive.load(tmp_path / "tiny.json", S)
+
+
+def test_working_archive_per_iteration_and_pending_among(tmp_path):
+    space = ss.SearchSpace.tiny()
+    arc = Archive(space)
+    g = np.asarray(space.sample(jax.random.key(1), 30))
+    _, first = np.unique(g, axis=0, return_index=True)
+    g = g[np.sort(first)[:8]]
+    arc.add(g, iteration=0)
+    assert arc.working_at(5) == list(range(8))      # nothing recorded: every entry
+    arc.set_working(0, [0, 1, 2, 3])
+    arc.set_working(2, [5, 3, 1, 7])
+    assert arc.working_at(0) == arc.working_at(1) == [0, 1, 2, 3]
+    assert arc.working_at(2) == arc.working_at(9) == [1, 3, 5, 7]
+    for i in (1, 3):
+        arc.record(i, 50.0, 90.0, version=2)
+    assert arc.pending(2, arc.working_at(2)) == [5, 7]
+    assert arc.pending(2) == [0, 2, 4, 5, 6, 7]
+    arc.save(tmp_path / "a.json")
+    back = Archive.load(tmp_path / "a.json", space)
+    assert back.working == {0: [0, 1, 2, 3], 2: [1, 3, 5, 7]}
+    assert json.loads((tmp_path / "a.json").read_text())["working"]["2"] == [
+        1, 3, 5, 7]
+    with pytest.raises(ValueError, match="outside the 8 entries"):
+        arc.set_working(3, [0, 8])

@@ -322,3 +322,10 @@ def test_embedded_asset_builder_on_synthetic_idx_files(tmp_path):
         assert d["train_images"].shape == (4000, 28, 28, 1)
         assert np.bincount(d["train_labels"]).tolist() == [400] * 10
         assert np.bincount(d["test_labels"]).tolist() == [100] * 10
+
+
+def test_imagenet_validation_is_50000_training_images():
+    """Paper Sec. 4.3: ImageNet's search validation split is 50,000 images."""
+    spec = data.REGISTRY["imagenet2012"]
+    assert round(spec.val_fraction * spec.paper_sizes[0]) == 50000
+    assert data.REGISTRY["dtd"].val_fraction == 0.2   # Sec. 4.4: 20% elsewhere

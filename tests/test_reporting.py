@@ -55,6 +55,19 @@ def test_plot_and_report_are_written(tmp_path):
                            metrics)
     text = (tmp_path / "report.md").read_text()
     assert "| 11 | 61.00 | 90.00 | 11.000 |" in text and "| 0 | 12 | 0.4000" in text
+    assert "Appendix F outlier test: not applicable" in text
+
+
+def test_outlier_line_states_the_appendix_f_test():
+    # T = (5, 1, 2, 3): mu = 2, sigma = sqrt(2/3) over the other three.
+    res = {"n": 4, "top_index": 7, "top_value": 5.0, "rest_mean": 2.0,
+           "rest_std": (2 / 3) ** 0.5, "threshold": 2.0 + 3 * (2 / 3) ** 0.5,
+           "n_sigma": 3.0, "z": 3.67, "passes": True}
+    line = reporting.outlier_line(res)
+    assert line.startswith("Appendix F outlier test: top T = 5 (subnet #7) vs "
+                           "mu + 3 sigma = 4.449 ")
+    assert "over the other 3 front members: passes" in line
+    assert ": fails" in reporting.outlier_line({**res, "passes": False})
 
 
 class _Clock:

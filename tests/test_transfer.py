@@ -1,4 +1,7 @@
-"""NAT end to end on the embedded data: files, archive growth, resume, errors.
+"""NAT end to end on the embedded data: files, archive update, resume, errors.
+
+Both archive-update modes run end to end: "paper" (Algorithm 1 line 11, a
+working archive of size N) and "authors" (K candidates per iteration).
 
 Runs `python -m experiments.transfer` in subprocesses (one CPU device each)
 sharing a persistent compilation cache, so only the first run compiles.
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import transfer as transfer_cfg
-from nat_jax import supernet, tradeoff
+from nat_jax import run_config, supernet, tradeoff
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = f"--config={ROOT / 'experiments' / 'configs' / 'transfer.py'}:test"
@@ -42,19 +45,43 @@ def _transfer(env, workdir, *flags, kill_at=None, timeout=900):
         capture_output=True, text=True, timeout=timeout, env=e, cwd=ROOT)
 
 
+MODES = {"paper": [],
+         "authors": ["--config.search.archive_update=authors",
+                     "--config.search.predictor_train_size=0"]}
+
+
 @pytest.fixture(scope="module")
-def full_run(env, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("nat") / "run"
-    out = _transfer(env, workdir)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return workdir
+def run_of(env, tmp_path_factory):
+    """mode -> the workdir of one uninterrupted run (each run once)."""
+    done = {}
+
+    def get(mode):
+        if mode not in done:
+            workdir = tmp_path_factory.mktemp(f"nat_{mode}") / "run"
+            out = _transfer(env, workdir, *MODES[mode])
+            assert out.returncode == 0, out.stderr[-3000:]
+            done[mode] = workdir
+        return done[mode]
+    return get
+
+
+@pytest.fixture
+def full_run(run_of):
+    return run_of("paper")
 
 
 def _archive(workdir):
     return json.loads((workdir / "archive.json").read_text())["entries"]
 
 
-def test_complete_run_writes_everything(full_run):
+def _working(workdir):
+    obj = json.loads((workdir / "archive.json").read_text())
+    return {int(t): v for t, v in obj["working"].items()}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_complete_run_writes_everything(run_of, mode):
+    full_run = run_of(mode)
     c = transfer_cfg.get_config("test")
     for name in ("config.json", "archive.json", "metrics.jsonl", "report.md",
                  "result.json", "progress.json", "plots/front_final.png",
@@ -62,55 +89,99 @@ def test_complete_run_writes_everything(full_run):
         assert (full_run / name).is_file(), name
     assert list((full_run / "tensorboard").glob("events.out.tfevents.*"))
     entries = _archive(full_run)
-    # Initial archive: uniform samples + min + max; then K per iteration.
-    n0 = c.search.archive_init + 2
-    assert [e["iteration"] for e in entries] == (
-        [0] * n0 + [1] * c.search.n_candidates
-        + [2] * c.search.n_candidates)
-    # Every member measured with the final weights (version = iterations).
-    assert {e["version"] for e in entries} == {c.search.iterations}
+    working = _working(full_run)
+    metrics = [json.loads(line) for line in
+               (full_run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(working) == list(range(c.search.iterations + 1))
+    final = working[c.search.iterations]
+    space = run_config.run_space(c)
+    smallest = list(np.asarray(space.encode(space.min_arch(
+        resolution=space.resolutions[0]))))
+    if mode == "authors":
+        # Initial archive: uniform samples + min (smallest resolution) + max;
+        # then K per iteration, and the working archive is the whole history.
+        n0 = c.search.archive_init + 2
+        assert [e["iteration"] for e in entries] == (
+            [0] * n0 + [1] * c.search.n_candidates
+            + [2] * c.search.n_candidates)
+        assert entries[n0 - 2]["genes"] == smallest
+        for t, idx in working.items():
+            assert idx == list(range(n0 + c.search.n_candidates * t))
+        assert [m["archive_size"] for m in metrics] == [
+            n0 + c.search.n_candidates * (i + 1) for i in range(len(metrics))]
+    else:
+        # Initial archive: N - 1 uniform samples + the smallest subnet; A stays
+        # at N after every iteration and newcomers come from the search.
+        N = c.search.archive_size
+        assert working[0] == list(range(N)) and entries[N - 1]["genes"] == smallest
+        assert all(e["iteration"] == 0 for e in entries[:N])
+        for t in range(1, c.search.iterations + 1):
+            assert len(working[t]) == N and len(set(working[t])) == N
+            new = [i for i in working[t] if entries[i]["iteration"] == t]
+            assert new and set(working[t]) - set(new) <= set(working[t - 1])
+            assert all(entries[i]["predicted_top1"] is not None for i in new)
+        assert [m["archive_size"] for m in metrics] == [N] * len(metrics)
+        assert [m["history_size"] for m in metrics][-1] == len(entries)
+    # Eq. 3 counted the working archive of each round (entropy by hand).
+    for m in metrics:
+        genes = np.array([entries[i]["genes"] for i in working[m["iteration"]]])
+        assert m["eq3_count"] == len(genes)
+        h = 0.0
+        for col in genes.T:
+            _, counts = np.unique(col, return_counts=True)
+            p = counts / len(col)
+            h -= float(np.sum(p * np.log(p)))
+        assert m["eq3_entropy"] == pytest.approx(h, rel=1e-5, abs=1e-6)
+    # Every member of the final A is measured with the final weights.
+    assert {entries[i]["version"] for i in final} == {c.search.iterations}
+    entries = [entries[i] for i in final]
     top1 = np.array([e["top1"] for e in entries])
     assert np.all((top1 > 0) & (top1 <= 100)) and len(set(top1.tolist())) > 2
     # Accuracies are measured on 800 validation images: multiples of 1/8 %.
     np.testing.assert_allclose(top1 * 8, np.round(top1 * 8), atol=1e-6)
-    metrics = [json.loads(line) for line in
-               (full_run / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == list(range(c.search.iterations))
-    assert [m["archive_size"] for m in metrics] == [
-        n0 + c.search.n_candidates * (i + 1) for i in range(len(metrics))]
     result = json.loads((full_run / "result.json").read_text())
+    assert result["working_archive"] == final
     F = np.array([[100 - e["top1"], e["objectives"]["madds"]] for e in entries])
-    front = np.asarray(result["front"])
+    front = np.searchsorted(final, result["front"])
+    assert np.all(np.asarray(final)[front] == result["front"])
     assert np.all(tradeoff.nondominated(F[front]))
     assert set(np.flatnonzero(tradeoff.nondominated(F))) <= set(front)
-    assert set(result["picks"]) <= set(front)
+    assert set(result["picks"]) <= set(result["front"])
     model, variables = supernet.load_supernet(str(full_run / "supernet"))
     assert model.num_classes == 10 and "params" in variables
-    assert "## Selected subnets" in (full_run / "report.md").read_text()
+    report = (full_run / "report.md").read_text()
+    assert "## Selected subnets" in report
+    assert "Appendix F outlier test: " in report
+    assert (result["outlier_test"] is None) == (len(result["front"]) < 2)
 
 
-def test_killed_runs_resume_to_the_same_result(env, full_run, tmp_path):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_killed_runs_resume_to_the_same_result(env, run_of, tmp_path, mode):
+    full_run = run_of(mode)
+    flags = MODES[mode]
     workdir = tmp_path / "run"
     # SIGKILL during the warm-up adaptation (after step 6; checkpoint at 4) ...
-    out = _transfer(env, workdir, kill_at="adapt:6")
+    out = _transfer(env, workdir, *flags, kill_at="adapt:6")
     assert out.returncode == -9, out.stderr[-2000:]
     assert not (workdir / "metrics.jsonl").exists()
     # ... then during the re-evaluation of iteration 1's archive ...
-    out = _transfer(env, workdir, kill_at="evaluate:3")
+    out = _transfer(env, workdir, *flags, kill_at="evaluate:3")
     assert out.returncode == -9, out.stderr[-2000:]
     versions = [e["version"] for e in _archive(workdir)]
     assert versions.count(2) == 3 and 1 in versions
     # ... and finish.
-    out = _transfer(env, workdir)
+    out = _transfer(env, workdir, *flags)
     assert out.returncode == 0, out.stderr[-3000:]
     assert _archive(workdir) == _archive(full_run)
+    assert _working(workdir) == _working(full_run)
     _, a = supernet.load_supernet(str(workdir / "supernet"))
     _, b = supernet.load_supernet(str(full_run / "supernet"))
     for x, y in zip(np.concatenate([np.ravel(v) for v in _leaves(a)]),
                     np.concatenate([np.ravel(v) for v in _leaves(b)])):
         assert x == y
     # A finished run is not repeated.
-    out = _transfer(env, workdir)
+    out = _transfer(env, workdir, *flags)
     assert out.returncode == 0 and "Adaptation round" not in out.stderr
 
 
@@ -202,7 +273,10 @@ def test_every_config_field_is_validated(variant):
     ("adapt.momentum", 1.0, "[0.0, 1.0)"),
     ("adapt.nesterov", 1, "true or false"),
     ("final.tradeoff_variant", "max", "one of ['paper', 'authors', 'all']"),
-    ("space", "mbv2", "one of ['ofa_mbv3', 'tiny']"),
+    ("space", "mbv2", "one of ['ofa_mbv3', 'tiny', 'small']"),
+    ("search.archive_update", "grow", "one of ['paper', 'authors']"),
+    ("search.predictor_train_size", 2, "needs >= 3 subnets"),
+    ("reset_classifier", 1, "true or false"),
     ("search.n_candidates", 9, "<= search.pop_size=8"),
     ("adapt.lr_end", 0.5, "<= adapt.lr=0.05"),
     ("width", 1.2, "not a width of the tiny space"),
@@ -249,7 +323,8 @@ def test_config_names_run_through_to_the_library():
         c.eval.update(batch_size=12, calib_images=34, calib_batch_size=6,
                       subnets_per_call=2, cache_bytes=99)
         c.seed = 4
-    outer = {"search": {"iterations", "archive_init"},
+    outer = {"search": {"iterations", "archive_init", "archive_update",
+                        "archive_size", "predictor_train_size"},
              "adapt": {"epochs_per_iter", "warmup_epochs", "batch_size",
                        "dropout_rate", "max_steps_per_epoch"},
              "eval": set()}
@@ -314,3 +389,30 @@ def test_search_output_folder_is_named_by_objectives_and_constraints():
     assert retarget.output_name(names, []) == "search_params_pkg.mod-fn"
     assert retarget.output_name(names[:2], retarget.parse_constraints(
         "madds<=0.5")) == "search_params_madds-le-0.5"
+
+
+def test_shipped_supernet_is_named_from_any_cwd_and_reset(tmp_path, monkeypatch):
+    import jax
+
+    from nat_jax import task_supernet
+    monkeypatch.chdir(tmp_path)
+    path = task_supernet.resolve("pretrained:small_fashion_mnist/w1.0")
+    assert pathlib.Path(path) == (ROOT / "nat_jax" / "assets" / "pretrained" /
+                                  "small_fashion_mnist" / "w1.0")
+    assert task_supernet.resolve("/some/dir") == "/some/dir"
+    with pytest.raises(FileNotFoundError, match="no such shipped supernet"):
+        task_supernet.resolve("pretrained:imagenet/w1.0")
+    c = transfer_cfg.get_config("tiny")
+    space = run_config.run_space(c)
+    _, kept = task_supernet.load_for_task(path, space, 10, jax.random.key(0), 0.0)
+    _, reset = task_supernet.load_for_task(path, space, 10, jax.random.key(0), 0.0,
+                                           reset_classifier=True)
+    k = "classifier_kernel"
+    assert kept["params"][k].shape == reset["params"][k].shape
+    assert not np.allclose(kept["params"][k], reset["params"][k])
+    body = [n for n in kept["params"] if not n.startswith("classifier")]
+    assert body
+    for n in body:   # everything but the classifier is the pretrained supernet
+        for x, y in zip(jax.tree.leaves(kept["params"][n]),
+                        jax.tree.leaves(reset["params"][n])):
+            np.testing.assert_array_equal(x, y)

@@ -1,4 +1,9 @@
-"""NAT transfer configs: `paper` (Table 2 / section 4.4), `tiny` (CPU demo), `test`.
+"""NAT transfer configs: `paper` (Table 2 / section 4.4), `tiny`, `test`.
+
+`tiny` (the default) is a real transfer on 2 CPU cores in under 10 minutes:
+the shipped Fashion-MNIST supernet of the `small` space to MNIST (`mnist_mini`),
+classifier reset, Algorithm 1 with a working archive of N = 40. `test` is the
+smoke-test size of tests/test_transfer.py.
 
 Usage:
   python -m experiments.transfer                                   # tiny, embedded data
@@ -30,8 +35,12 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.space = "ofa_mbv3"               # or "tiny"
     c.resolutions = ()                 # subset of the space's resolutions; () = all
     c.width = 1.0
-    c.supernet = ""                    # orbax dir from experiments.convert_ofa, or an
-                                       # official OFA .pth file; "" = random init
+    c.supernet = ""                    # orbax dir from experiments.convert_ofa, an
+                                       # official OFA .pth file, a shipped one
+                                       # ("pretrained:small_fashion_mnist/w1.0",
+                                       # any cwd); "" = random init
+    c.reset_classifier = True          # section 4.4: "the last linear layer is
+                                       # reset" (also when the class count agrees)
     # Objectives, all minimised; top1_error is always first.
     c.objectives = "top1_error,madds"
     c.latency_table = ""               # JSON from experiments.build_latency_table:
@@ -41,8 +50,14 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # evolution.SearchConfig (Algorithms 2-4) plus the outer loop (Algorithm 1).
     c.search = ml_collections.ConfigDict(dict(
         iterations=30,                 # paper Table 2
-        archive_init=100,              # uniform samples, plus the min and max subnets
-        n_candidates=8,                # K, as the authors' code
+        archive_update="paper",        # paper: A <- Selection(A u P_t, N) (Alg. 1
+                                       # l.11); authors: + K candidates, no cut
+        archive_size=300,              # N (Table 2), paper mode: N - 1 uniform
+                                       # samples + the smallest subnet to start
+        predictor_train_size=100,      # Table 2; top-ranked of A (Algorithm 4);
+                                       # 0 = every measured subnet (authors)
+        archive_init=100,              # authors mode: uniform samples (+ min, max)
+        n_candidates=8,                # authors mode: K per iteration
         pop_size=100,
         generations=100,
         crossover_prob=0.9,
@@ -66,7 +81,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         weight_decay=3e-5,
         label_smoothing=0.1,
         dropout_rate=0.1,
-        floor=0.01,                    # Eq. 3 smoothing of the gene distribution
+        floor=0.0,                     # Eq. 3 uniform mixture (0 = Eq. 3 as printed)
         checkpoint_every=200,          # steps
         max_steps_per_epoch=0,         # 0 = full epochs
     ))
@@ -86,11 +101,15 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         tradeoff_epsilon=0.125,        # neighbourhood ball of the "authors" variant
     ))
 
-    if variant == "tiny":
-        c.space = "tiny"
-        c.search.update(iterations=4, archive_init=12, n_candidates=4,
+    if variant == "tiny":  # transfer the shipped Fashion-MNIST supernet to MNIST
+        c.space = "small"
+        c.dataset = "mnist_mini"
+        c.supernet = "pretrained:small_fashion_mnist/w1.0"
+        c.resolutions = (28,)          # one compile per phase: 10 min on 2 cores
+        c.search.update(iterations=4, archive_size=40, predictor_train_size=20,
+                        archive_init=12, n_candidates=4,
                         pop_size=32, generations=30, n_members=100)
-        c.adapt.update(epochs_per_iter=3, warmup_epochs=6, batch_size=64,
+        c.adapt.update(epochs_per_iter=2, warmup_epochs=4, batch_size=64,
                        lr=0.1, checkpoint_every=50, max_steps_per_epoch=0,
                        dropout_rate=0.0)
         c.eval.update(batch_size=200, calib_images=256, calib_batch_size=128)
@@ -98,7 +117,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     if variant == "test":  # smoke-test size for the end-to-end tests (seconds)
         c.space = "tiny"
         c.resolutions = (32,)
-        c.search.update(iterations=2, archive_init=4, n_candidates=2,
+        c.search.update(iterations=2, archive_size=6, predictor_train_size=5,
+                        archive_init=4, n_candidates=2,
                         pop_size=8, generations=3, n_members=10)
         c.adapt.update(epochs_per_iter=1, warmup_epochs=1, batch_size=32, lr=0.05,
                        checkpoint_every=4, max_steps_per_epoch=12, dropout_rate=0.0)
