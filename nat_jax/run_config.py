@@ -269,6 +269,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "width": _real(0.0, lo_open=True),
     "supernet": _string(),
     "reset_classifier": _bool,
+    "compile_cache": _bool,
     "objectives": _string(nonempty=True),
     "latency_table": _string(),
     "search.iterations": _int(1),

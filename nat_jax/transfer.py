@@ -67,6 +67,7 @@ from absl import logging
 from nat_jax import (
     adaptation,
     checkpoint,
+    compile_cache,
     data,
     evaluation,
     evolution,
@@ -104,22 +105,24 @@ def run(config, workdir: str | os.PathLike) -> dict:
     model, variables = task_supernet.from_config(
         config, task.space, task.num_classes, jax.random.fold_in(key, 2))
     _claim_workdir(workdir, config, task.dataset)          # the first write
+    if config.compile_cache:  # resumed runs and re-evaluations reuse programs
+        compile_cache.enable(str(workdir / "jax_cache"))
     r = _setup(config, workdir, task, model, variables, key)
     archive = initial_archive(r)                           # line 2
     done = {m["iteration"] for m in workdir_lib.read_jsonl(workdir / "metrics.jsonl")}
     for it in range(config.search.iterations):
         if it in done:
             continue
-        times = {}
-        t0 = time.time()
-        r.state = adapt_round(r, archive, it)              # Algorithm 5
-        times["adapt"] = time.time() - t0
-        times["evaluate"] = evaluate_pending(r, archive, it + 1,  # line 5
-                                             archive.working_at(it))
+        times = {}  # seconds per phase, and "<phase>_compile" of those
+        with compile_cache.phase(times, "adapt"):
+            r.state = adapt_round(r, archive, it)          # Algorithm 5
+        with compile_cache.phase(times, "evaluate"):       # line 5
+            evaluate_pending(r, archive, it + 1, archive.working_at(it))
         if it + 1 not in archive.working:
-            times["search"] = search(r, archive, it)       # lines 6-11
-        times["evaluate_new"] = evaluate_pending(r, archive, it + 1,
-                                                 archive.working_at(it + 1))
+            with compile_cache.phase(times, "search"):     # lines 6-11
+                search(r, archive, it)
+        with compile_cache.phase(times, "evaluate_new"):
+            evaluate_pending(r, archive, it + 1, archive.working_at(it + 1))
         record_iteration(r, archive, it, times)
     summary = finish(r, archive)                           # Appendix C picks
     workdir_lib.write_json(workdir / "progress.json", {"done": True})

@@ -162,3 +162,19 @@ def test_entry_point_writes_loadable_supernet(tmp_path):
     rows = [json.loads(x) for x in (wd / "train" / "w1.0" / "metrics.jsonl")
             .read_text().splitlines()]
     assert [r["phase_end"] for r in rows if "phase_end" in r] == ["full", "kernel"]
+    # ... and feeds a transfer run directly (--config.supernet=DIR).
+    from experiments.configs import transfer as transfer_configs
+    from nat_jax import transfer
+
+    cfg = transfer_configs.get_config("test")
+    cfg.supernet = str(wd / "w1.0")
+    cfg.search.iterations = 1
+    summary = transfer.run(cfg, tmp_path / "transfer")
+    meta = json.loads((tmp_path / "transfer" / "config.json").read_text())
+    assert meta["supernet"] == str(wd / "w1.0") and summary["picks"]
+    _, adapted = supernet.load_supernet(summary["supernet_dir"])
+    # the pre-trained weights were the starting point: the first conv moved
+    # from them by adaptation but keeps their shape and scale
+    w0, w1 = v["params"]["first_conv"], adapted["params"]["first_conv"]
+    assert w0.shape == w1.shape and not np.array_equal(w0, w1)
+    assert np.corrcoef(np.ravel(w0), np.ravel(w1))[0, 1] > 0.9

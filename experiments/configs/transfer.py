@@ -39,6 +39,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
                                        # official OFA .pth file, a shipped one
                                        # ("pretrained:small_fashion_mnist/w1.0",
                                        # any cwd); "" = random init
+    c.compile_cache = True             # persistent XLA cache in WORKDIR/jax_cache:
+                                       # resumed runs reuse compiled programs
     c.reset_classifier = True          # section 4.4: "the last linear layer is
                                        # reset" (also when the class count agrees)
     # Objectives, all minimised; top1_error is always first.
@@ -115,6 +117,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         c.eval.update(batch_size=200, calib_images=256, calib_batch_size=128)
         c.final.update(num_tradeoff=3)
     if variant == "test":  # smoke-test size for the end-to-end tests (seconds)
+        c.compile_cache = False  # tests share one process: keep its JAX cache
         c.space = "tiny"
         c.resolutions = (32,)
         c.search.update(iterations=2, archive_size=6, predictor_train_size=5,
