@@ -1,7 +1,7 @@
 """The GPU suite (issue 17 goal 5): one call, one JSON, one Markdown table.
 
     timeout 480 python -m benchmarks.gpu_suite --out gpu_suite_out
-    python -m benchmarks.gpu_suite --tiny --out /tmp/suite   # CPU, seconds
+    python -m benchmarks.gpu_suite --tiny --out suite_out   # CPU, seconds
 
 Measured side by side in one run, on the default JAX backend (the GPU when
 JAX sees one) and PyTorch on CUDA when available:
