@@ -6,6 +6,8 @@ crossover, rounded polynomial mutation, repair and NSGA-III survival as one
 jitted `lax.scan` over the objectives `[predicted error, complexity...]`,
 where `complexity_fn(genes int32[n, g]) -> float32[n, m]` is any vectorised
 jittable function (e.g. `objectives.complexity_fn(space, ("madds",))`).
+The predictor scales its inputs by the archive's own ranges or, with
+`predictor_bounds="space"`, by the space's gene bounds.
 
 Initial population: NSGA-III survivors of the archive under its measured
 objectives (the authors start from the archive's front), topped up with
@@ -43,6 +45,9 @@ from nat_jax import nsga3, operators, predictor
 from nat_jax import search_space as ss
 
 ComplexityFn = Callable[[jax.Array], jax.Array]
+# SearchConfig.predictor_bounds: predictor input ranges from the fitted rows
+# ("data") or the space's gene bounds ("space").
+PREDICTOR_BOUNDS = ("data", "space")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +66,9 @@ class SearchConfig:
       sample_fraction, feature_fraction: subsets each member sees.
       n_candidates: K, subnets returned for evaluation.
       pad_multiple: archive rows are padded to a multiple of this.
+      predictor_bounds: how the predictor scales its inputs (the paper does
+        not say): "data" = min-max of the archive rows it is fitted on,
+        "space" = the search space's gene bounds (`predictor_bounds`).
     """
 
     pop_size: int = 100
@@ -74,8 +82,12 @@ class SearchConfig:
     feature_fraction: float = 0.7
     n_candidates: int = 8
     pad_multiple: int = 64
+    predictor_bounds: str = "data"
 
     def __post_init__(self):
+        if self.predictor_bounds not in PREDICTOR_BOUNDS:
+            raise ValueError(f"predictor_bounds must be one of {PREDICTOR_BOUNDS}, "
+                             f"got {self.predictor_bounds!r}.")
         if self.pop_size < 4 or self.pop_size % 2:
             raise ValueError(f"pop_size must be even and >= 4, got {self.pop_size}.")
         if self.generations < 0:
@@ -105,6 +117,17 @@ class SearchResult(NamedTuple):
     population: jax.Array
     objectives: jax.Array
     predictor: predictor.RBFEnsemble
+
+
+def predictor_bounds(space: ss.SearchSpace, config: SearchConfig
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Input ranges for `predictor.fit_ensemble` under `config.predictor_bounds`:
+    None ("data": the fitted rows' min and max) or ("space") the space's
+    (lower_bounds, upper_bounds), each int32[num_genes], under which every
+    genotype of the space scales into [0, 1]."""
+    if config.predictor_bounds == "space":
+        return space.lower_bounds, space.upper_bounds
+    return None
 
 
 def _gap_std(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -166,9 +189,10 @@ def _search_core(key, archive_genes, archive_errors, archive_valid,
     k_fit, k_init, k_pad, k_scan, k_extra = jax.random.split(key, 5)
     d = archive_genes.shape[1]
     n_feat = min(d, max(1, int(np.ceil(config.feature_fraction * d))))
+    bounds = predictor_bounds(space, config)
     params = predictor.fit_ensemble(k_fit, archive_genes, archive_errors,
                                     archive_valid, config.n_members,
-                                    config.sample_fraction, n_feat)
+                                    config.sample_fraction, n_feat, bounds)
 
     fast = predictor.evaluator(params)
 
@@ -275,5 +299,6 @@ def search(key: jax.Array, space: ss.SearchSpace, archive_genes, archive_errors,
                        space, complexity_fn, config)
     cands, cand_f, ok, pop, pop_f, params = out
     model = predictor.RBFEnsemble(config.n_members, config.sample_fraction,
-                                  config.feature_fraction, params)
+                                  config.feature_fraction, params,
+                                  predictor_bounds(space, config))
     return SearchResult(cands, cand_f, ok, pop, pop_f, model)

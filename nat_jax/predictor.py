@@ -2,8 +2,15 @@
 
 Inputs are integer genotypes `X int[n, d]` (any integer features), targets
 `y float[n]` (top-1 error or accuracy; nothing assumes which). Features are
-min-max scaled with the training data's ranges (constant features map to 0),
-targets are standardised, predictions are mapped back.
+min-max scaled to [0, 1], by default with the training data's ranges, or with
+given per-feature `bounds` (lo, hi), e.g. a search space's gene bounds
+(constant features, hi == lo, map to 0); targets are standardised,
+predictions are mapped back. The paper (Sec. 3.3, Algorithm 2) does not say
+how inputs are scaled. The training-range default lets a predictor fitted on
+a concentrated archive (paper mode: the top-ranked subnets of A) map a
+candidate far outside [0, 1] on a feature the archive barely varies, where
+the cubic RBF extrapolates wildly; the space's bounds keep every genotype of
+the space in [0, 1] (benchmarks/archive_modes.py measures both).
 
 RBF member (the authors' choice): an interpolating cubic RBF with a linear
 tail, `s(x) = sum_i w_i ||x - x_i||^3 + c_0 + c^T x`, fitted by solving
@@ -74,6 +81,22 @@ class RBFParams:
     n_active: jax.Array
 
 
+def check_bounds(bounds) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(lo, hi) per-feature input ranges as tuples of floats; raises
+    ValueError unless both are finite, of one length d >= 1, and lo <= hi."""
+    try:
+        lo, hi = (np.asarray(b, np.float64).reshape(-1) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError("bounds must be a pair (lo, hi) of per-feature "
+                         "sequences.") from None
+    if lo.shape != hi.shape or not lo.size:
+        raise ValueError(f"bounds lo and hi need one equal length d >= 1, got "
+                         f"{lo.size} and {hi.size}.")
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)) and np.all(lo <= hi)):
+        raise ValueError("bounds must be finite with lo <= hi per feature.")
+    return tuple(lo.tolist()), tuple(hi.tolist())
+
+
 def _check(X, y):
     X = np.asarray(X)
     y = np.asarray(y, np.float64)
@@ -87,14 +110,30 @@ def _check(X, y):
     return X, y
 
 
-def fit_scaler(X: jax.Array, y: jax.Array, valid: jax.Array | None = None) -> Scaler:
-    """Min-max feature scaling and target standardisation from valid rows."""
+def fit_scaler(X: jax.Array, y: jax.Array, valid: jax.Array | None = None,
+               bounds: tuple[jax.Array, jax.Array] | None = None) -> Scaler:
+    """Min-max feature scaling and target standardisation from valid rows.
+
+    Args:
+      X: [n, d] inputs; y: float[n] targets; valid: optional bool[n] rows
+        to use (default all).
+      bounds: optional (lo, hi), each float[d]: scale features by these
+        fixed ranges, x' = (x - lo) / (hi - lo), instead of the valid rows'
+        min and max (features with hi == lo map to 0 either way).
+
+    Returns:
+      Scaler (jittable; `bounds` may be traced).
+    """
     X = jnp.asarray(X, jnp.float32)
     y = jnp.asarray(y, jnp.float32)
     valid = jnp.ones(y.shape, bool) if valid is None else valid
     n = jnp.maximum(valid.sum(), 1)
-    lo = jnp.min(jnp.where(valid[:, None], X, jnp.inf), 0)
-    hi = jnp.max(jnp.where(valid[:, None], X, -jnp.inf), 0)
+    if bounds is None:
+        lo = jnp.min(jnp.where(valid[:, None], X, jnp.inf), 0)
+        hi = jnp.max(jnp.where(valid[:, None], X, -jnp.inf), 0)
+    else:
+        lo, hi = (jnp.broadcast_to(jnp.asarray(b, jnp.float32), X.shape[1:])
+                  for b in bounds)
     rng = hi - lo
     scale = jnp.where(rng > 0, 1.0 / jnp.where(rng > 0, rng, 1.0), 0.0)
     mean = jnp.sum(jnp.where(valid, y, 0.0)) / n
@@ -143,8 +182,8 @@ def _scale_x(scaler: Scaler, X) -> jax.Array:
 
 
 def fit_ensemble(key: jax.Array, X: jax.Array, y: jax.Array, valid: jax.Array,
-                 n_members: int, sample_fraction: float, n_features: int
-                 ) -> RBFParams:
+                 n_members: int, sample_fraction: float, n_features: int,
+                 bounds: tuple[jax.Array, jax.Array] | None = None) -> RBFParams:
     """Fits `n_members` RBFs on random sample/feature subsets (vmapped).
 
     Pure and jittable (sizes static); rows with `valid == False` are padding
@@ -155,8 +194,10 @@ def fit_ensemble(key: jax.Array, X: jax.Array, y: jax.Array, valid: jax.Array,
       n_members: ensemble size; sample_fraction: each member uses
         ceil(sample_fraction * n_valid) (at least MIN_SAMPLES) valid rows;
       n_features: features per member (<= d).
+      bounds: optional (lo float[d], hi float[d]) input scaling ranges
+        (`fit_scaler`); None = the valid rows' min and max.
     """
-    scaler = fit_scaler(X, y, valid)
+    scaler = fit_scaler(X, y, valid, bounds)
     xs = _scale_x(scaler, X)
     ts = (jnp.asarray(y, jnp.float32) - scaler.y_mean) / scaler.y_std
     n, d = xs.shape
@@ -302,12 +343,17 @@ class RBFEnsemble:
       sample_fraction: fraction of samples each member sees.
       feature_fraction: fraction of features each member sees.
       params: fitted `RBFParams` (None until `fit`).
+      bounds: None (scale inputs by the training data's min and max) or
+        (lo, hi), each d numbers: fixed per-feature input ranges, e.g.
+        `(space.lower_bounds, space.upper_bounds)` (see `fit_scaler`);
+        stored as tuples of floats.
     """
 
     n_members: int = 500
     sample_fraction: float = 0.7
     feature_fraction: float = 0.7
     params: RBFParams | None = None
+    bounds: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     def __post_init__(self):
         if self.n_members < 1:
@@ -316,6 +362,8 @@ class RBFEnsemble:
             v = getattr(self, name)
             if not 0.0 < v <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {v}.")
+        if self.bounds is not None:
+            object.__setattr__(self, "bounds", check_bounds(self.bounds))
 
     def n_features(self, d: int) -> int:
         """Features per member for d features."""
@@ -324,10 +372,16 @@ class RBFEnsemble:
     def fit(self, key: jax.Array, X, y) -> "RBFEnsemble":
         """Returns a fitted copy. Raises ValueError below MIN_SAMPLES rows."""
         X, y = _check(X, y)
+        if self.bounds is not None and len(self.bounds[0]) != X.shape[1]:
+            raise ValueError(f"bounds have {len(self.bounds[0])} features but X has "
+                             f"{X.shape[1]}; pass one (lo, hi) pair per column.")
+        bounds = None if self.bounds is None else tuple(
+            jnp.asarray(b, jnp.float32) for b in self.bounds)
         Xp, yp, valid = pad_rows(X, y)
         params = _fit_ensemble_jit(key, jnp.asarray(Xp), jnp.asarray(yp),
                                    jnp.asarray(valid), self.n_members,
-                                   self.sample_fraction, self.n_features(X.shape[1]))
+                                   self.sample_fraction, self.n_features(X.shape[1]),
+                                   bounds)
         return dataclasses.replace(self, params=params)
 
     def predict(self, X) -> jax.Array:

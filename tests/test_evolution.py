@@ -79,3 +79,35 @@ def test_search_validates_inputs(setup):
         ev.search(jax.random.key(0), SPACE, archive, errors * np.nan, fn, CFG)
     with pytest.raises(ValueError, match="pop_size"):
         ev.SearchConfig(pop_size=7)
+
+
+def test_space_bounds_scale_the_predictor_by_the_gene_bounds(setup):
+    """predictor_bounds="space": the fitted scaler is the space's gene bounds
+    (x - lo) / (hi - lo), computed here with numpy, not the archive's range;
+    the default keeps the archive's own min and max."""
+    archive, errors, fn = setup
+    small = dict(pop_size=8, generations=2, n_members=8, n_candidates=2)
+    concentrated = archive[:20].copy()
+    concentrated[:, 0] = np.minimum(concentrated[:, 0], 3)    # narrow resolution
+    lo = SPACE.lower_bounds.astype(np.float64)
+    hi = SPACE.upper_bounds.astype(np.float64)
+    want = np.where(hi > lo, 1.0 / np.where(hi > lo, hi - lo, 1.0), 0.0)
+    for mode in ("space", "data"):
+        cfg = ev.SearchConfig(predictor_bounds=mode, **small)
+        res = ev.search(jax.random.key(2), SPACE, concentrated, errors[:20], fn, cfg)
+        sc = res.predictor.params.scaler
+        if mode == "space":
+            np.testing.assert_allclose(np.asarray(sc.x_min), lo)
+            np.testing.assert_allclose(np.asarray(sc.x_scale), want, rtol=1e-6)
+            assert res.predictor.bounds == (tuple(lo), tuple(hi))
+        else:
+            np.testing.assert_allclose(np.asarray(sc.x_min), concentrated.min(0))
+            assert float(sc.x_scale[0]) == pytest.approx(
+                1.0 / np.ptp(concentrated[:, 0]))
+            assert res.predictor.bounds is None
+        # The reported predicted errors are the returned model's.
+        np.testing.assert_allclose(np.asarray(res.candidate_objectives[:, 0]),
+                                   np.asarray(res.predictor.predict(res.candidates)),
+                                   rtol=1e-4)
+    with pytest.raises(ValueError, match="predictor_bounds"):
+        ev.SearchConfig(predictor_bounds="archive")

@@ -125,3 +125,93 @@ def test_public_fit_and_predict_match_scipy_rbfs(data):
     want = _oracle_ensemble(model.params, X[:50], y[:50], X[250:280], 35)
     np.testing.assert_allclose(np.asarray(model.predict(X[250:280])), want,
                                rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------- fixed input bounds
+LO = SPACE.lower_bounds.astype(np.float64)
+HI = SPACE.upper_bounds.astype(np.float64)
+
+
+def test_scaler_with_bounds_is_min_max_by_hand(data):
+    """x' = (x - lo) / (hi - lo) per feature (numpy, float64), whatever the
+    training rows span; a feature with hi == lo maps to 0. The default still
+    uses the valid rows' own min and max."""
+    X, y = data
+    lo, hi = LO.copy(), HI.copy()
+    hi[1] = lo[1] = 1.0                       # one constant feature
+    sc = P.fit_scaler(X[:10], y[:10], bounds=(lo, hi))
+    want = np.where(hi > lo, (X - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+    np.testing.assert_allclose(np.asarray(P._scale_x(sc, X)), want, atol=1e-6)
+    valid = np.arange(10) < 6                 # invalid rows change nothing
+    sc_v = P.fit_scaler(X[:10], y[:10], valid, bounds=(lo, hi))
+    np.testing.assert_allclose(np.asarray(sc_v.x_min), lo)
+    assert float(sc_v.y_mean) == pytest.approx(y[:6].mean(), rel=1e-5)
+    assert float(sc_v.y_std) == pytest.approx(y[:6].std(), rel=1e-4)
+    # Default: the first 6 rows' range.
+    sc_d = P.fit_scaler(X[:10], y[:10], valid)
+    span = X[:6].max(0) - X[:6].min(0)
+    want_d = np.where(span > 0, (X - X[:6].min(0)) / np.where(span > 0, span, 1), 0)
+    np.testing.assert_allclose(np.asarray(P._scale_x(sc_d, X)), want_d, atol=1e-6)
+
+
+def _identity_bounds(d):
+    return np.zeros(d), np.ones(d)
+
+
+def test_bounds_fit_equals_identity_fit_on_prescaled_inputs(data):
+    """A model fitted with bounds on X predicts what a model fitted with the
+    identity scaling ((0, 1) bounds) on (X - lo) / (hi - lo) predicts, on the
+    pre-scaled queries: scaling is the only thing `bounds` changes. The
+    training rows span much less than the bounds, so this also differs from
+    the default fit."""
+    X, y = data
+    Xc = X[(X[:, 0] <= 4) & (X[:, 1] == 0)]   # concentrated archive
+    assert len(Xc) >= 10
+    yc = _smooth(Xc)
+    Xq = X[:40]
+    ens = P.RBFEnsemble(n_members=8, bounds=(LO, HI))
+    fit_b = ens.fit(jax.random.key(7), Xc, yc)
+    pre = (Xc - LO) / (HI - LO)
+    ident = P.RBFEnsemble(n_members=8, bounds=_identity_bounds(X.shape[1]))
+    fit_i = ident.fit(jax.random.key(7), pre, yc)
+    got = np.asarray(fit_b.predict(Xq))
+    want = np.asarray(fit_i.predict((Xq - LO) / (HI - LO)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3 * np.ptp(yc))
+    default = np.asarray(P.RBFEnsemble(n_members=8).fit(
+        jax.random.key(7), Xc, yc).predict(Xq))
+    assert np.max(np.abs(default - got)) > 1e-2 * np.ptp(yc)
+
+
+@pytest.mark.oracle
+def test_bounds_fit_matches_scipy_rbfs(data):
+    """With bounds, each member is SciPy's cubic RBF with linear tail on
+    (X - lo) / (hi - lo) of its rows and features (float64 oracle)."""
+    X, y = data
+    fit = jax.jit(P.fit_ensemble, static_argnums=(4, 5, 6))
+    valid = np.ones(40, bool)
+    params = fit(jax.random.key(8), X[:40], y[:40].astype(np.float32), valid, 4,
+                 0.7, 16, (LO.astype(np.float32), HI.astype(np.float32)))
+    pred = np.asarray(jax.jit(P.predict_ensemble)(params, X[200:230]))
+    xs, xq = (X[:40] - LO) / (HI - LO), (X[200:230] - LO) / (HI - LO)
+    preds = []
+    for mask, centers in zip(np.asarray(params.mask), np.asarray(params.centers)):
+        cols = np.flatnonzero(mask)
+        hit = np.all(np.abs(centers[:28, None, cols] - xs[None, :, cols]) < 1e-5, -1)
+        rows = hit.argmax(1)
+        assert np.all(hit.sum(1) == 1) and len(set(rows)) == 28
+        rbf = interpolate.RBFInterpolator(xs[rows][:, cols], y[:40][rows],
+                                          kernel="cubic", degree=1)
+        preds.append(rbf(xq[:, cols]))
+    np.testing.assert_allclose(pred, np.mean(preds, 0), rtol=0, atol=1e-4)
+
+
+def test_bounds_are_validated():
+    with pytest.raises(ValueError, match="lo <= hi"):
+        P.RBFEnsemble(bounds=([0, 2], [1, 1]))
+    with pytest.raises(ValueError, match="equal length"):
+        P.RBFEnsemble(bounds=([0, 0], [1, 1, 1]))
+    with pytest.raises(ValueError, match="pair"):
+        P.RBFEnsemble(bounds=[0, 1, 2])
+    with pytest.raises(ValueError, match="per column"):
+        P.RBFEnsemble(n_members=2, bounds=([0.0] * 3, [1.0] * 3)).fit(
+            jax.random.key(0), np.zeros((5, 4)), np.arange(5.0))
