@@ -72,7 +72,24 @@ def block(workdir: pathlib.Path, wall_s: float | None, loads: tuple[str, str]) -
         objs = " | ".join(f"{e['objectives'].get(n, float('nan')):.3f}" for n in names)
         lines.append(f"| {k} | {i} | `{e.get('encoding')}` | {e['resolution']} | "
                      f"{e['width']} | {e['top1']:.2f} | {objs} |")
+    lines += ["", front_by_width(arc, res["front"], names)]
     return "\n".join(lines)
+
+
+def front_by_width(arc: list[dict], front: list[int], names: list[str]) -> str:
+    """One sentence: how many front members come from each width's supernet
+    (the width is searched, gene 2) and the range of top-1 and of the first
+    complexity objective each covers."""
+    parts = []
+    for w in sorted({arc[i]["width"] for i in front}):
+        rows = [arc[i] for i in front if arc[i]["width"] == w]
+        top1 = [e["top1"] for e in rows]
+        obj = [e["objectives"].get(names[0], float("nan")) for e in rows] if names \
+            else [float("nan")]
+        parts.append(f"{len(rows)} of width {w} (top-1 {min(top1):.1f}-"
+                     f"{max(top1):.1f}%, {names[0] if names else ''} "
+                     f"{min(obj):.3f}-{max(obj):.3f})")
+    return f"Front: {len(front)} subnets, " + "; ".join(parts) + "."
 
 
 def main() -> int:

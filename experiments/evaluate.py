@@ -8,7 +8,9 @@ Usage:
 
 --model_dir is an exported subnet directory (nat_jax.export.save_subnet), a
 fine-tuning workdir (its model/), or a finished transfer workdir (every front
-member, extracted from the task supernet with BN re-calibrated). Writes
+member, extracted from the task supernet of its width, the genotype's width
+gene, with BN re-calibrated; a set that lacks a member's width is refused in
+one line). Writes
 OUTPUT.json and OUTPUT.md (default MODEL_DIR/evaluation.{json,md}).
 --resolution evaluates at another input size than each subnet's own (any
 size the network runs, e.g. OFA's 160 px; MAdds and latency follow it).

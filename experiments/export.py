@@ -6,9 +6,11 @@ Usage:
       --onnx --batch_size=1
 
 --model_dir is a subnet directory (nat_jax.export.save_subnet) or a
-fine-tuning workdir (its model/). Writes model.stablehlo (and model.onnx) into
---output (default: the subnet directory), reloads each artifact and checks
-that it reproduces the Flax logits on random inputs. --resolution sets the
+fine-tuning workdir (its model/): a subnet already extracted from the
+supernet of its width (experiments.finetune), so no supernet is read here.
+Writes model.stablehlo (and model.onnx) into --output (default: the subnet
+directory), reloads each artifact and checks that it reproduces the Flax
+logits on random inputs. --resolution sets the
 artifacts' input side (default: the subnet's own; any size the network runs).
 """
 

@@ -8,7 +8,11 @@ Usage:
       --config=experiments/configs/finetune.py:paper
 
 --supernet_dir is a transfer workdir (its supernet/, dataset and picks are
-used) or a supernet checkpoint directory. --pick=N fine-tunes
+used), a supernet set (DIR/w1.0/, DIR/w1.2/: one supernet per width
+multiplier, nat_jax.supernet_set) or one width's supernet checkpoint
+directory. The subnet's width (its genotype's second gene, NAT section 3.2)
+selects the supernet its weights come from; only that one is read, and a set
+without that width is refused in one line. --pick=N fine-tunes
 result.json["picks"][N]; --arch takes what experiments.describe takes (an
 encoding, a JSON gene list / net.subnet / net.config, or a file). The subnet
 is extracted with its weights, BN re-calibrated and evaluated, fine-tuned on
@@ -34,7 +38,8 @@ _CONFIG_FILE = os.path.join(os.path.dirname(__file__), "configs", "finetune.py")
 _CONFIG = cli.define_config(f"{_CONFIG_FILE}:tiny",
                             "Config file[:variant] (tiny or paper).")
 _SUPERNET_DIR = flags.DEFINE_string(
-    "supernet_dir", None, "Transfer workdir, or a supernet checkpoint directory.")
+    "supernet_dir", None, "Transfer workdir, supernet set (w1.0/, w1.2/) or one "
+    "width's supernet checkpoint directory.")
 _ARCH = flags.DEFINE_string("arch", None, "Subnet: encoding, genes, JSON or file.")
 _PICK = flags.DEFINE_integer("pick", None, "Index into result.json['picks'].")
 _WORKDIR = flags.DEFINE_string(
@@ -57,6 +62,29 @@ def transfer_dataset(supernet_dir: str) -> tuple[str | None, str | None]:
     return cfg.get("dataset"), cfg.get("data_dir") or None
 
 
+def read_arch(value: str, space, sdir: str):
+    """--arch in the set's space; a subnet of a width the set lacks is refused
+    in one line that names the widths it holds."""
+    import dataclasses
+
+    from nat_jax import search_space
+
+    try:
+        return search_space.load_arch(value, space)
+    except ValueError as err:
+        wide = dataclasses.replace(
+            space, widths=search_space.base_space(space).widths)
+        try:
+            arch = search_space.load_arch(value, wide)
+        except ValueError:
+            raise err from None
+        if arch.width in space.widths:
+            raise
+        raise ValueError(f"--arch has width {arch.width} but {sdir} holds "
+                         f"supernets of widths {list(space.widths)}; fine-tune it "
+                         f"from a set with a w{arch.width}/ supernet.") from None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -68,15 +96,14 @@ def main(argv):
     if not os.path.isdir(_SUPERNET_DIR.value):
         raise ValueError(f"--supernet_dir {_SUPERNET_DIR.value} does not exist.")
     cli.quiet_library_logs()
-    from nat_jax import checkpoint, data, finetune, search_space, workdir
+    from nat_jax import data, export, finetune, workdir
 
     sdir = _SUPERNET_DIR.value
-    meta = checkpoint.load_metadata(workdir.resolve_supernet_dir(sdir))
-    space = search_space.SearchSpace.from_json(meta.get("space", {}))
+    space = export.set_space(sdir)  # the genotypes' space: the set's widths
     if _PICK.value is not None:
         arch = workdir.pick_arch(sdir, _PICK.value, space)
     else:
-        arch = search_space.load_arch(_ARCH.value, space)
+        arch = read_arch(_ARCH.value, space, sdir)
     dataset, data_dir = transfer_dataset(sdir)
     dataset = _DATASET.value or dataset or data.EMBEDDED
     data_dir = _DATA_DIR.value or data_dir

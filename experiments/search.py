@@ -7,14 +7,18 @@ Usage:
 SUPERNET_DIR is the --workdir of a finished experiments.transfer run. No
 training happens: the run's archive refits the predictor, the search runs on
 the new objectives, and the most promising subnets are measured on the
-adapted supernet. Writes front.json, front.png and summary.json under
+adapted supernet. The run's supernet/ holds one supernet per width multiplier
+(w1.0/, w1.2/; NAT section 3.2's width gene): the search covers every width
+it holds, MAdds/params are exact at each subnet's width, and each subnet is
+measured on the supernet of its width (summary.json gives each front
+member's "width"). Writes front.json, front.png and summary.json under
 SUPERNET_DIR/search_<objectives after top1_error>[_<constraints>] (here
 runs/default/search_params_madds-le-0.5) or --output; the summary printed
 at the end names the folder.
 
 Several tasks (paper Appendix F): give --supernet_dir a comma-separated list
 of adapted task supernets, one per dataset, each a transfer workdir or a
-supernet directory followed by =DATASET:
+supernet set (or one width's supernet directory) followed by =DATASET:
   python -m experiments.search --objectives=top1_error,madds,params \
       --supernet_dir=runs/fashion,runs/mnist,runs/digits --output=runs/joint
 One objective per task (top-1 error on its validation split, measured with

@@ -4,14 +4,19 @@ Usage:
   python -m experiments.transfer     # CPU demo: shipped supernet -> MNIST, tiny config
   python -m experiments.transfer --dataset=dtd --workdir=runs/dtd \
       --config=experiments/configs/transfer.py:paper \
-      --supernet=checkpoints/ofa_mbv3_w1.0 --objectives=top1_error,madds
+      --supernet=ckpt/ofa_w1.0,ckpt/ofa_w1.2 \
+      --objectives=top1_error,madds
   python -m experiments.transfer --dataset=/data/my_images --workdir=runs/mine
 
 Every setting is a field of the config (experiments/configs/transfer.py):
 --config.search.generations=50 and so on. --dataset, --objectives, --supernet,
 --seed and --latency_table are short for --config.dataset, --config.objectives,
 --config.supernet, --config.seed and --config.latency_table (the same field,
-with the config file's default; giving both forms is refused). --workdir is
+with the config file's default; giving both forms is refused). The width
+multiplier is searched (the genotype's second gene): --supernet gives one
+supernet per width, as a set directory (w1.0/, w1.2/: a run's supernet/ or
+pretrained:small_fashion_mnist) or as PATH,PATH (orbax dirs or official OFA
+.pth files); --config.widths=1.0 pins one width. --workdir is
 where the run lives; rerunning the same command resumes from the last
 completed step. Every field is checked before anything is written: a bad
 flag, missing data, an unknown objective or a missing supernet prints one

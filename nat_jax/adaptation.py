@@ -17,6 +17,15 @@ batch.
 The same code runs on one CPU, several GPUs, a TPU slice, or several hosts
 after `jax.distributed.initialize()`.
 
+Width search: the width multiplier is the genotype's second gene (Sec. 3.2)
+and OFA trains one supernet per width, so a run adapts a set of supernets,
+{width: model} with {width: TrainState}. Eq. 3 samples the width gene like any
+other; global step s trains only the sampled width's supernet (its state's
+`step` is set to s first, so its learning rate and dropout key are those of
+the global step), and the other widths' parameters, BatchNorm statistics,
+optimiser state and step stay bit-identical. One jitted step per (width,
+resolution), never per subnet.
+
 Determinism: the subnet and the dropout key of global step s are
 `fold_in(key, s)` draws and the loader's batch depends only on its step, so a
 resumed run repeats an uninterrupted one bit for bit (same machine, same
@@ -30,7 +39,7 @@ import functools
 import inspect
 import math
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -181,7 +190,9 @@ def sample_for_steps(key: jax.Array, probs: jax.Array, space: ss.SearchSpace,
 def fix_width(probs, space: ss.SearchSpace, width: float) -> np.ndarray:
     """`probs` with the width gene (position 1) pinned to `width`.
 
-    A supernet has one width multiplier; its adaptation samples only that.
+    Adapting ONE supernet (one width) of a space with several widths samples
+    only its width; a set of supernets (`adapt` with {width: state}) samples
+    the width gene from Eq. 3 like any other.
     """
     out = np.array(probs, np.float32, copy=True)
     out[1] = 0.0
@@ -211,6 +222,49 @@ def create_train_state(model, variables: dict, config: AdaptConfig,
     momentum = jax.tree.map(jnp.zeros_like, variables["params"])
     return training.TrainState.create(variables, {"momentum": momentum}, key,
                                       total_steps=int(total_steps))
+
+
+def create_train_states(models: Mapping, variables: Mapping, config: AdaptConfig,
+                        total_steps: int, key: jax.Array | int = 0
+                        ) -> dict[float, training.TrainState]:
+    """{width: `create_train_state`} of a set of supernets, all at step 0 with
+    the same key (the subnet and dropout draws of global step s do not
+    depend on which width is trained).
+
+    Args:
+      models, variables: {width: Supernet}, {width: {"params",
+        "batch_stats"}} with the same widths.
+    """
+    if set(models) != set(variables):
+        raise ValueError(f"models have widths {sorted(models)} but variables "
+                         f"{sorted(variables)}; give both for the same widths.")
+    return {w: create_train_state(models[w], variables[w], config, total_steps,
+                                  key) for w in sorted(models)}
+
+
+def global_step(state) -> int:
+    """The global step of a TrainState or of a {width: TrainState} set: the
+    step after the last one trained (each width's state holds the global
+    step after its own last step)."""
+    if isinstance(state, Mapping):
+        return max(int(sharding.to_host(s.step)) for s in state.values())
+    return int(sharding.to_host(state.step))
+
+
+def state_name(width: float) -> str:
+    """Key of a width's state in a checkpoint tree: "w1.0" (orbax wants
+    string keys; the same names as `supernet_set.width_dir_name`)."""
+    return f"w{float(width)}"
+
+
+def checkpoint_tree(states: Mapping) -> dict:
+    """{width: TrainState} -> {"w1.0": TrainState, ...} (what is saved)."""
+    return {state_name(w): s for w, s in states.items()}
+
+
+def from_checkpoint_tree(tree: Mapping, widths) -> dict:
+    """Inverse of `checkpoint_tree` for `widths`."""
+    return {float(w): tree[state_name(w)] for w in widths}
 
 
 def learning_rate(step, total_steps: int, config: AdaptConfig) -> jax.Array:
@@ -306,22 +360,31 @@ def jitted_train_step(model, config: AdaptConfig, mesh: jax.sharding.Mesh):
         functools.partial(train_step, model=model, config=config), mesh)
 
 
-def adapt(state: training.TrainState, model, loader, probs, num_steps: int,
+def adapt(state, model, loader, probs, num_steps: int,
           config: AdaptConfig, mesh: jax.sharding.Mesh | None = None,
           checkpointer=None, progress: Callable[[int, dict], None] | None = None
-          ) -> tuple[training.TrainState, dict]:
+          ):
     """Algorithm 5: `num_steps` steps, each on one subnet drawn from `probs`.
 
-    Per step (host side): the step's genotype (`sample_for_steps`, with the
-    width gene pinned to the supernet's), the loader's batch at its
-    resolution, then the jitted step. The loss and gradient norm of every
-    step are checked (`training.FiniteGuard`: step s while step s + 1 runs,
-    and before every checkpoint), so no non-finite state is saved.
+    Per step (host side): the step's genotype (`sample_for_steps`), the
+    loader's batch at its resolution, then the jitted step of the
+    genotype's width. The loss and gradient norm of every step are checked
+    (`training.FiniteGuard`: step s while step s + 1 runs, and before every
+    checkpoint), so no non-finite state is saved.
+
+    One supernet (`state` a TrainState, `model` a Supernet): the width gene
+    is pinned to the supernet's (`fix_width`). A set of supernets (`state`
+    {width: TrainState}, `model` {width: Supernet}, widths = the space's):
+    the width gene is sampled from `probs` (Eq. 3) and global step s trains
+    only that width's state, with its `step` set to s (the learning rate is
+    a function of the global step); the others stay untouched.
 
     Args:
-      state: `training.TrainState` (e.g. `create_train_state` or restored);
-        its buffers are donated to the step (use the returned state).
-      model: the Supernet.
+      state: `training.TrainState` (e.g. `create_train_state` or restored),
+        or {width: TrainState} (`create_train_states`); the trained buffers
+        are donated to the step (use the returned state).
+      model: the Supernet, or {width: Supernet} (every model's `space` the
+        same, its widths the keys).
       loader: `nat_jax.pipeline.TrainLoader`-like: `.next(resolution)` gives
         {"image", "label"} numpy arrays (the global batch), `.state()`; if
         `.next` takes `next_resolution`, the next step's is announced.
@@ -330,31 +393,48 @@ def adapt(state: training.TrainState, model, loader, probs, num_steps: int,
       config: AdaptConfig.
       mesh: ("data",) mesh (default `sharding.data_mesh()`).
       checkpointer: `nat_jax.checkpoint.TrainCheckpointer` or None; saves
-        every `config.checkpoint_every` global steps and at the end.
+        every `config.checkpoint_every` global steps and at the end (a set
+        is saved as `checkpoint_tree(states)`, restore it with
+        `from_checkpoint_tree`).
       progress: called as progress(step, {"loss", "top1", "lr", "genes"})
         after each step's loss is checked.
 
     Returns:
-      (state, metrics) with metrics "steps", "loss" (mean), "last_loss",
-      "top1" (mean batch accuracy, %), "images_per_s", "data_s", "step_s"
-      (dispatch), "sync_s" (waiting for results), "wall_s".
+      (state, metrics), state of the type given, with metrics "steps",
+      "loss" (mean), "last_loss", "top1" (mean batch accuracy, %),
+      "images_per_s", "data_s", "step_s" (dispatch), "sync_s" (waiting for
+      results), "wall_s", "steps_per_width" ({width: steps}).
 
     Raises:
       training.NonFiniteError (a RuntimeError): non-finite loss or gradient
         norm; names the step, the genotype and the checkpoint that is kept.
+      ValueError: a set whose widths are not its space's.
     """
-    space = model.space
+    single = not isinstance(model, Mapping)
+    models = {model.width: model} if single else dict(model)
+    states = {model.width: state} if single else dict(state)
+    space = next(iter(models.values())).space
+    if not single:
+        if sorted(models) != list(space.widths) or set(states) != set(models):
+            raise ValueError(f"adapt needs one model and state per width of the "
+                             f"space {list(space.widths)}; got models "
+                             f"{sorted(models)}, states {sorted(states)}.")
+        if any(m.space != space for m in models.values()):
+            raise ValueError("Every supernet of a set must have the same space.")
     mesh = sharding.data_mesh() if mesh is None else mesh
-    step_fn = jitted_train_step(model, config, mesh)
-    state = sharding.replicate(state, mesh)
-    start = int(sharding.to_host(state.step))
-    probs = fix_width(probs, space, model.width)
+    step_fns = {w: jitted_train_step(m, config, mesh) for w, m in models.items()}
+    states = {w: sharding.replicate(s, mesh) for w, s in states.items()}
+    start = global_step(states)
+    if single:
+        probs = fix_width(probs, space, model.width)
+    key_data = sharding.to_host(next(iter(states.values())).key)
     all_genes = np.asarray(sample_for_steps(
-        jax.random.wrap_key_data(sharding.to_host(state.key)), probs, space,
+        jax.random.wrap_key_data(key_data), probs, space,
         np.arange(start, start + num_steps, dtype=np.int32)))
     times = {"data_s": 0.0, "step_s": 0.0}
     announce = "next_resolution" in inspect.signature(loader.next).parameters
     losses, accs = [], []
+    per_width = {w: 0 for w in models}
     n_images, t_start = 0, time.perf_counter()
 
     def checked(step, m, genes):
@@ -364,6 +444,9 @@ def adapt(state: training.TrainState, model, loader, probs, num_steps: int,
             progress(step, {"loss": m["loss"], "top1": m["top1"], "lr": m["lr"],
                             "genes": genes})
 
+    def saved():
+        return states[model.width] if single else checkpoint_tree(states)
+
     guard = training.FiniteGuard(
         lambda step, genes: (f" on subnet genes={genes.tolist()} "
                              f"({space.decode(genes)})"),
@@ -372,6 +455,7 @@ def adapt(state: training.TrainState, model, loader, probs, num_steps: int,
         step, genes = start + i, all_genes[i]
         t = time.perf_counter()
         res = space.resolutions[int(genes[0])]
+        width = space.widths[int(genes[1])]
         if announce and i + 1 < num_steps:  # lets the loader render ahead
             batch = loader.next(res, next_resolution=space.resolutions[
                 int(all_genes[i + 1][0])])
@@ -380,19 +464,25 @@ def adapt(state: training.TrainState, model, loader, probs, num_steps: int,
         batch = sharding.shard_batch(
             {"image": batch["image"], "label": batch["label"]}, mesh)
         arch = space.genes_to_arrays(genes)
+        st = states[width]
+        if not single:  # this width last trained at an earlier global step
+            st = st.replace(step=sharding.replicate(
+                jnp.asarray(step, jnp.int32), mesh))
         t2 = time.perf_counter()
         times["data_s"] += t2 - t
-        state, m = step_fn(state, batch, arch)
+        states[width], m = step_fns[width](st, batch, arch)
         times["step_s"] += time.perf_counter() - t2
+        per_width[width] += 1
         n_images += batch["label"].shape[0]
         guard.push(step, m, genes)
         done = step + 1
         if checkpointer is not None and (done % config.checkpoint_every == 0
                                          or i == num_steps - 1):
             guard.flush()
-            checkpointer.save(done, state, {"loader": loader.state()})
+            checkpointer.save(done, saved(), {"loader": loader.state(),
+                                              "global_step": done})
     guard.flush()
-    jax.block_until_ready(state)
+    jax.block_until_ready(states)
     wall = time.perf_counter() - t_start
     metrics = {
         "steps": num_steps,
@@ -400,6 +490,7 @@ def adapt(state: training.TrainState, model, loader, probs, num_steps: int,
         "last_loss": losses[-1] if losses else math.nan,
         "top1": 100.0 * float(np.mean(accs)) if accs else math.nan,
         "images_per_s": n_images / wall if wall > 0 else math.nan,
-        "wall_s": wall, "sync_s": guard.sync_s, **times,
+        "wall_s": wall, "sync_s": guard.sync_s, "steps_per_width": per_width,
+        **times,
     }
-    return state, metrics
+    return (states[model.width] if single else states), metrics

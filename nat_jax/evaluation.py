@@ -10,7 +10,10 @@ OFA and NAT re-estimate a subnet's BatchNorm statistics before measuring it
 (`supernet.recalibrate_bn` on ~2000 augmented training images). Here the
 calibration images and their augmentation draws are fixed once
 (`pipeline.CalibrationSet`) and rendered once per resolution; subnets are
-grouped by resolution so only one resolution's batches are held at a time.
+grouped by resolution so only one resolution's batches are held at a time,
+and within a resolution by width: a run holds one supernet per width
+multiplier (the genotype's second gene, Sec. 3.2), and each subnet is
+measured on its width's supernet.
 Evaluation batches are padded to a fixed size with a mask, so every example is
 counted exactly once; the counting step is jitted once per resolution over the
 ("data",) mesh of `sharding.data_mesh` (batch sharded, variables
@@ -113,21 +116,40 @@ def _sum_counts(fn, params, batch_stats, arch, batches) -> np.ndarray:
     return sharding.to_host(total)
 
 
-def _check_genes(space, model, genes_list) -> list[np.ndarray]:
-    if space != model.space:
+def _as_sets(model, variables) -> tuple[dict, dict]:
+    """({width: model}, {width: variables}) of one supernet or a set."""
+    if not isinstance(model, Mapping):
+        return {float(model.width): model}, {float(model.width): variables}
+    if not isinstance(variables, Mapping) or "params" in variables:
+        raise ValueError("Give one supernet and its variables, or {width: model} "
+                         "and {width: variables}.")
+    models = {float(w): m for w, m in model.items()}
+    varis = {float(w): v for w, v in variables.items()}
+    if set(models) != set(varis):
+        raise ValueError(f"models have widths {sorted(models)} but variables "
+                         f"{sorted(varis)}; give both for the same widths.")
+    for w, m in models.items():
+        if abs(m.width - w) > 1e-9:
+            raise ValueError(f"supernet of width {m.width} given as width {w}.")
+    return models, varis
+
+
+def _check_genes(space, models: Mapping, genes_list) -> list[np.ndarray]:
+    if any(space != m.space for m in models.values()):
         raise ValueError("`space` is not the supernet's search space.")
     out = []
     for g in genes_list:
         g = space.canonicalize(space.validate_genes(g))
-        if abs(space.widths[int(g[1])] - model.width) > 1e-9:
+        width = space.widths[int(g[1])]
+        if width not in models:
             raise ValueError(
-                f"Genotype {g.tolist()} has width {space.widths[int(g[1])]} but "
-                f"the supernet's width is {model.width}.")
+                f"Genotype {g.tolist()} has width {width} but the supernet's "
+                f"widths are {sorted(models)}; give the width-{width} supernet.")
         out.append(g)
     return out
 
 
-def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
+def evaluate_subnets(model, variables, genes_list: Sequence, space:
                      ss.SearchSpace, dataset_split, calib_split,
                      config: EvalConfig = EvalConfig(), *,
                      mesh: jax.sharding.Mesh | None = None,
@@ -136,16 +158,22 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
                      resolution: int | None = None) -> list[dict]:
     """Top-1/top-5 (percent) of each subnet after BN re-calibration.
 
+    Each subnet is measured on the supernet of its genotype's width (gene
+    2): with a set of supernets, subnets are grouped by (resolution, width),
+    one compile each.
+
     Args:
-      model, variables: the Supernet and its {"params", "batch_stats"}.
-      genes_list: genotypes (int[num_genes] each) of the supernet's width.
-      space: the search space (must be the supernet's).
+      model, variables: the Supernet and its {"params", "batch_stats"}, or
+        a set: {width: Supernet} and {width: variables}.
+      genes_list: genotypes (int[num_genes] each) of the supernets' widths.
+      space: the search space (must be every supernet's).
       dataset_split: `data.Split` to measure on (NAT: the held-out val).
       calib_split: `data.Split` for re-calibration (NAT: the train split).
       config: EvalConfig.
       mesh: ("data",) mesh (default `sharding.data_mesh()`).
       progress: called as progress(i, n, result) after subnet i (of n) is
-        measured; subnets run grouped by resolution, not in list order.
+        measured; subnets run grouped by resolution and width, not in list
+        order.
       calibration: a prebuilt CalibrationSet to reuse across calls.
       resolution: evaluate every subnet at this input side instead of its
         genotype's resolution (any positive size, e.g. OFA's 160 px; the
@@ -154,8 +182,13 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
     Returns:
       One dict per genotype, in order: {"top1", "top5" (percent), "n"
       (examples counted), "seconds" (re-calibration + evaluation)}.
+
+    Raises:
+      ValueError: a genotype outside the space, of a width without a
+        supernet, or a space other than the supernets'.
     """
-    genes = _check_genes(space, model, genes_list)
+    models, varis = _as_sets(model, variables)
+    genes = _check_genes(space, models, genes_list)
     if resolution is not None:
         resolution = supernet.check_resolution(resolution)
     mesh = sharding.data_mesh() if mesh is None else mesh
@@ -167,39 +200,53 @@ def evaluate_subnets(model, variables: dict, genes_list: Sequence, space:
         calibration = pipeline.CalibrationSet(
             calib_split, config.calib_images, config.calib_batch_size,
             config.calib_seed)
-    base = sharding.replicate({"params": variables["params"],
-                         "batch_stats": variables["batch_stats"]}, mesh)
-    by_res: dict[int, list[int]] = {}
+    bases: dict[float, dict] = {}
+    by_res: dict[int, dict[float, list[int]]] = {}
     for i, g in enumerate(genes):
-        by_res.setdefault(int(g[0]), []).append(i)
+        width = space.widths[int(g[1])]
+        by_res.setdefault(int(g[0]), {}).setdefault(width, []).append(i)
     results: list[dict | None] = [None] * len(genes)
-    for r_idx, idx in by_res.items():
+    for r_idx, by_width in by_res.items():
         r = space.resolutions[r_idx] if resolution is None else resolution
         calib = [sharding.shard_or_replicate(b["image"], mesh)
                  for b in calibration.batches(r)]
         eval_iter = _eval_cache(dataset_split, config, r, ndev, mesh)
-        g_per = config.subnets_per_call
-        for start in range(0, len(idx), g_per):
-            chunk = idx[start:start + g_per]
-            t = time.perf_counter()
-            stats, archs = [], []
-            for i in chunk:
-                arch = space.decode(genes[i])
-                new = supernet.recalibrate_bn(model, base, arch, calib,
-                                              resolution=r)
-                stats.append(new["batch_stats"])
-                archs.append(space.genes_to_arrays(genes[i]))
-            counts = _count_subnets(model, mesh, base["params"], stats, archs,
-                                    eval_iter(), g_per)
-            secs = (time.perf_counter() - t) / len(chunk)
-            for i, c in zip(chunk, counts):
-                c1, c5, n = (int(v) for v in c)
-                results[i] = {"top1": 100.0 * c1 / max(n, 1),
-                              "top5": 100.0 * c5 / max(n, 1), "n": n,
-                              "seconds": secs}
-                if progress is not None:
-                    progress(i, len(genes), results[i])
+        for width, idx in by_width.items():
+            if width not in bases:
+                v = varis[width]
+                bases[width] = sharding.replicate(
+                    {"params": v["params"], "batch_stats": v["batch_stats"]}, mesh)
+            _measure(models[width], bases[width], [(i, genes[i]) for i in idx],
+                     space, r, calib, eval_iter, mesh, config, results,
+                     progress)
     return results
+
+
+def _measure(model, base, chunk_genes, space, r, calib, eval_iter, mesh,
+             config: EvalConfig, results: list, progress) -> None:
+    """Re-calibrates and counts [(index, genes)] of one (width, resolution)
+    on `model`, writing `results[index]` and calling `progress`."""
+    g_per = config.subnets_per_call
+    n_all = len(results)
+    for start in range(0, len(chunk_genes), g_per):
+        chunk = chunk_genes[start:start + g_per]
+        t = time.perf_counter()
+        stats, archs = [], []
+        for _, g in chunk:
+            new = supernet.recalibrate_bn(model, base, space.decode(g), calib,
+                                          resolution=r)
+            stats.append(new["batch_stats"])
+            archs.append(space.genes_to_arrays(g))
+        counts = _count_subnets(model, mesh, base["params"], stats, archs,
+                                eval_iter(), g_per)
+        secs = (time.perf_counter() - t) / len(chunk)
+        for (i, _), c in zip(chunk, counts):
+            c1, c5, n = (int(v) for v in c)
+            results[i] = {"top1": 100.0 * c1 / max(n, 1),
+                          "top5": 100.0 * c5 / max(n, 1), "n": n,
+                          "seconds": secs}
+            if progress is not None:
+                progress(i, n_all, results[i])
 
 
 def _eval_cache(split, config: EvalConfig, resolution: int, ndev: int, mesh):

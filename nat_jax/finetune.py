@@ -58,7 +58,6 @@ from nat_jax import (
 )
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
-from nat_jax import supernet as supernet_lib
 from nat_jax import workdir as workdir_lib
 from nat_jax.randaugment import RandAugment
 
@@ -127,23 +126,22 @@ def inherit(supernet_dir: str, arch: ss.Arch, depthwise_impl: str | None = None
             ) -> tuple[subnet_lib.Subnet, dict, dict, ss.SearchSpace]:
     """(subnet, variables, net_config, space) extracted from a saved supernet.
 
+    The weights come from the supernet of the arch's width (NAT section 3.2:
+    the width multiplier is the genotype's second gene; each width has its
+    own supernet, `nat_jax.supernet_set`); only that one is read.
+
     Args:
-      supernet_dir: a `supernet.save_supernet` dir or a transfer workdir.
-      arch: the subnet; it must fit the supernet's space and width.
+      supernet_dir: a transfer workdir, its supernet set (`supernet/` with
+        `w1.0/`, `w1.2/`) or one width's `supernet.save_supernet` dir.
+      arch: the subnet; its width must be one the set holds and it must fit
+        the supernets' search space.
       depthwise_impl: overrides the supernet's depthwise implementation.
+
+    Returns:
+      `space` is the set's (`export.set_space`): the space its genotypes
+      (archive, picks) are written in.
     """
-    sdir = workdir_lib.resolve_supernet_dir(supernet_dir)
-    model, variables = supernet_lib.load_supernet(sdir)
-    space = model.space
-    try:
-        arch.validate(space)
-    except ValueError as err:
-        raise ValueError(f"Arch does not fit the supernet's search space: {err}"
-                         ) from None
-    if depthwise_impl is not None:
-        model = model.clone(depthwise_impl=depthwise_impl)
-    sub, sub_vars, cfg = subnet_lib.extract_subnet(model, variables, arch)
-    return sub, sub_vars, cfg, space
+    return export.extract_from_set(supernet_dir, arch, depthwise_impl)
 
 
 # ---------------------------------------------------------------------- data

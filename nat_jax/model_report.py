@@ -7,7 +7,9 @@
     write_report(rows, dataset, "eval.json", "eval.md")
 
 Accuracy is exact (every test image once: `evaluation.evaluate_static`). For
-a transfer workdir each front member is extracted from the task supernet and
+a transfer workdir each front member is extracted from the task supernet of
+its width (the genotype's width gene, NAT section 3.2; a workdir's
+`supernet/` holds one supernet per width, `nat_jax.supernet_set`) and
 its BatchNorm statistics are re-calibrated on training images (train + val)
 first (`evaluation.recalibrate_static_bn`), as OFA/NAT do before reporting a
 subnet; a fine-tuned subnet is used as saved. MAdds / params follow
@@ -32,7 +34,6 @@ from nat_jax import data, evaluation, export, latency, objectives, pipeline, sha
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
 from nat_jax import supernet as supernet_lib
-from nat_jax import workdir as workdir_lib
 
 
 def _at_resolution(arch: ss.Arch, space: ss.SearchSpace, resolution: int | None
@@ -127,9 +128,15 @@ def evaluate_front(workdir: str, dataset: str | None = None,
     cfg = json.loads((wd / "config.json").read_text())
     name, ds = _load_dataset(dataset, data_dir or cfg.get("data_dir") or None,
                              cfg.get("dataset"))
-    sdir = workdir_lib.resolve_supernet_dir(str(wd))
-    model, variables = supernet_lib.load_supernet(sdir)
-    _check_classes(model.num_classes, ds, name)
+    space = export.set_space(str(wd))
+    supernets: dict[float, tuple] = {}  # width -> (model, variables), on first use
+
+    def width_supernet(width: float):
+        if width not in supernets:
+            supernets[width] = export.load_set_width(str(wd), width, space)
+            _check_classes(supernets[width][0].num_classes, ds, name)
+        return supernets[width]
+
     train = data.full_train_split(ds)
     n_dev = sharding.data_mesh().size
     calib_bs = max(n_dev, min(200, calib_images) // n_dev * n_dev)
@@ -138,11 +145,12 @@ def evaluate_front(workdir: str, dataset: str | None = None,
     rows = []
     picks = set(result.get("picks", []))
     for i in result[which]:
-        arch = model.space.decode(entries[i]["genes"])
+        arch = space.decode(entries[i]["genes"])
+        model, variables = width_supernet(arch.width)
         sub, sv, _ = subnet_lib.extract_subnet(model, variables, arch)
         r = arch.resolution if resolution is None else resolution
         sv = evaluation.recalibrate_static_bn(sub, sv, cal.batches(r))
-        row = _row(f"archive[{i}]", sub, sv, arch, model.space, ds, batch_size,
+        row = _row(f"archive[{i}]", sub, sv, arch, space, ds, batch_size,
                    latency_batch_size, latency_repeats, r)
         row.update(archive_index=int(i), pick=i in picks,
                    val_top1=entries[i].get("top1"))

@@ -28,9 +28,11 @@ single network that compromises on every task.
      similar (at most `SIMILAR_MADDS` x the pick's) MAdds.
 
 Every task keeps its own classifier (class counts may differ); the
-complexity objectives count the first task's classifier. All supernets must
-share one search space (same space, width and resolutions): the genotype
-must mean the same network on every task.
+complexity objectives count the first task's classifier. A task's supernet is
+a set, one per width multiplier (NAT section 3.2's width gene;
+`nat_jax.supernet_set`): a subnet is measured on the supernet of its width.
+All tasks must share one search space (same space, widths and resolutions):
+the genotype must mean the same network on every task.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from nat_jax import (
     data,
     evaluation,
     evolution,
+    export,
     nsga3,
     objectives,
     operators,
@@ -62,7 +65,7 @@ from nat_jax import (
     reporting,
     retarget,
     run_config,
-    supernet,
+    supernet_set,
     tradeoff,
 )
 from nat_jax import search_space as ss
@@ -114,7 +117,8 @@ def _search_many_core(key, fit_genes, fit_errors, fit_valid, arch_genes, arch_er
     # One RBF ensemble (Algorithm 2) per task, fitted side by side.
     fit = functools.partial(predictor.fit_ensemble, n_members=config.n_members,
                             sample_fraction=config.sample_fraction,
-                            n_features=n_feat)
+                            n_features=n_feat,
+                            bounds=evolution.predictor_bounds(space, config))
     params = jax.vmap(fit)(jax.random.split(k_fit, n_tasks), fit_genes, fit_errors,
                            fit_valid)
     evals = jax.vmap(predictor.evaluator)(params)
@@ -274,7 +278,8 @@ def search_many(key: jax.Array, space: ss.SearchSpace, archive_genes,
     cands, cand_f, ok, pop, pop_f, params = out
     models = tuple(predictor.RBFEnsemble(
         config.n_members, config.sample_fraction, config.feature_fraction,
-        jax.tree.map(lambda a, t=t: a[t], params)) for t in range(len(xs)))
+        jax.tree.map(lambda a, t=t: a[t], params),
+        bounds=evolution.predictor_bounds(space, config)) for t in range(len(xs)))
     return ManySearchResult(cands, cand_f, ok, pop, pop_f, models)
 
 
@@ -285,10 +290,11 @@ class Task:
 
     Attributes:
       name: short unique name (the dataset's, e.g. "mnist_mini", "digits").
-      source: the path given (a transfer workdir or a supernet directory).
+      source: the path given (a transfer workdir or a supernet set).
       dataset: its data (validation split measured, training split for BN).
-      model, variables: the adapted supernet (its own classifier).
-      space: its search space, width pinned.
+      supernets: {width: (model, variables)}: the adapted supernet of each
+        width of its set (its own classifier), every model's space `space`.
+      space: its search space, with the widths of its set.
       eval_config: the task's evaluation settings (its transfer config's).
       archive: the task's own single-task archive (None for a bare supernet
         directory), measured with the same weights.
@@ -298,8 +304,7 @@ class Task:
     name: str
     source: str
     dataset: data.Dataset
-    model: Any
-    variables: dict
+    supernets: dict[float, tuple[Any, dict]]
     space: ss.SearchSpace
     eval_config: evaluation.EvalConfig
     archive: Archive | None = None
@@ -363,7 +368,7 @@ def load_task(path: str, dataset: str | None, fallback_config,
         raise ValueError(f"Task {path} does not exist; give a transfer --workdir or "
                          f"SUPERNET_DIR=DATASET.")
     if (p / "config.json").is_file() and (p / "archive.json").is_file():
-        cfg, archive, model, variables, ds = retarget.load_workdir(p)
+        cfg, archive, supernets, ds = retarget.load_workdir(p)
         if dataset is not None:
             ds = data.load(dataset)
         picks = ()
@@ -371,21 +376,23 @@ def load_task(path: str, dataset: str | None, fallback_config,
             picks = tuple(json.loads((p / "result.json").read_text()).get("picks",
                                                                            []))
         return Task(_unique_name(cfg.dataset if dataset is None else dataset, taken),
-                    str(path), ds, model, variables, archive.space,
+                    str(path), ds, supernets, archive.space,
                     run_config.eval_config(cfg), archive, picks)
     if dataset is None:
         raise ValueError(f"{path} is not a finished transfer workdir (no config.json "
                          f"and archive.json); for a supernet directory write "
                          f"{path}=DATASET.")
-    model, variables = supernet.load_supernet(workdir_lib.resolve_supernet_dir(p))
-    space = dataclasses.replace(model.space, widths=(model.width,))
+    space = export.set_space(p)
+    supernets = {w: export.load_set_width(p, w, space)
+                 for w in supernet_set.widths(p)}
     ds = data.load(dataset)
-    if ds.num_classes != model.num_classes:
-        raise ValueError(f"Supernet {path} has a {model.num_classes}-class classifier "
-                         f"but {dataset} has {ds.num_classes} classes; give the "
-                         f"supernet adapted to {dataset}.")
-    return Task(_unique_name(dataset, taken), str(path), ds,
-                model.clone(space=space), variables, space,
+    for w, (model, _) in supernets.items():
+        if ds.num_classes != model.num_classes:
+            raise ValueError(f"Supernet {path} (width {w}) has a "
+                             f"{model.num_classes}-class classifier but {dataset} "
+                             f"has {ds.num_classes} classes; give the supernet "
+                             f"adapted to {dataset}.")
+    return Task(_unique_name(dataset, taken), str(path), ds, supernets, space,
                 run_config.eval_config(fallback_config))
 
 
@@ -403,7 +410,7 @@ def check_spaces(tasks: Sequence[Task]) -> ss.SearchSpace:
             raise ValueError(
                 f"Task {t.name} ({t.source}) has another search space than "
                 f"{first.name} ({first.source}): {_space_diff(first.space, t.space)}"
-                f"; adapt every task from the same --config.space, width and "
+                f"; adapt every task from the same --config.space, widths and "
                 f"resolutions.")
     return first.space
 
@@ -615,8 +622,8 @@ def measure_pending(tasks: Sequence[Task], archive: JointArchive, path,
             archive.save(path)
             prog.update(sum(task in archive.entries[i].top1 for i in todo))
 
-        evaluation.evaluate_subnets(
-            t.model, t.variables, [archive.entries[i].genes for i in todo], t.space,
+        retarget.evaluate_set(
+            t.supernets, [archive.entries[i].genes for i in todo], t.space,
             t.dataset.val, t.dataset.train, t.eval_config, mesh=mesh,
             progress=record, calibration=t.calibration)
         secs[t.name] = time.time() - t0
@@ -828,6 +835,8 @@ def finish(workdir, tasks: Sequence[Task], archive: JointArchive,
                "pick_genes": list(entry.genes),
                "pick_encoding": archive.space.decode(entry.genes).to_encoding(
                    archive.space),
+               "pick_width": archive.space.decode(entry.genes).width,
+               "widths": list(archive.space.widths),
                "pick_objectives": dict(zip(names, map(float, F[p]))),
                "outlier_test": sel["outlier"], "comparison": rows,
                "similar_madds": SIMILAR_MADDS,
@@ -835,6 +844,7 @@ def finish(workdir, tasks: Sequence[Task], archive: JointArchive,
     workdir_lib.write_json(workdir / "front.json", {
         "objectives": list(names), "members": [
             {"index": i, "genes": list(archive.entries[i].genes),
+             "width": archive.space.decode(archive.entries[i].genes).width,
              "objectives": dict(zip(names, map(float, F[i]))), "tradeoff": v}
             for i, v in zip(sel["front"], sel["tradeoff"])]})
     workdir_lib.write_json(workdir / "result.json", summary)

@@ -127,8 +127,10 @@ def write_report(path: str | os.PathLike, summary: dict, metrics: Sequence[dict]
         f"Objectives ({len(names)}): " + ", ".join(f"`{n}`" for n in names), "",
         "## High trade-off pick (Appendix C, Eq. 5)", "",
         f"Archive member {summary['pick']}, `{summary['pick_encoding']}` "
-        f"(genes {summary['pick_genes']}), out of {len(summary['front'])} "
-        f"nondominated subnets.", ""]
+        f"(genes {summary['pick_genes']}"
+        + (f", width {summary['pick_width']} of the tasks' supernets of widths "
+           f"{summary['widths']}" if "pick_width" in summary else "")
+        + f"), out of {len(summary['front'])} nondominated subnets.", ""]
     if test is None:
         lines.append("mu + 3 sigma test: not applicable (fewer than 2 finite "
                      "trade-off values).")

@@ -3,6 +3,12 @@
     model, variables = load_ofa_checkpoint("ofa_mbv3_d234_e346_k357_w1.0", 1.0,
                                            space=search_space.OFA_MBV3)
 
+OFA publishes one supernet per width multiplier (w1.0 and w1.2; NAT section
+3.2 searches the width as the genotype's second gene): convert each and save
+them as one set (`supernet_set.save_all`, or `experiments.convert_ofa` with
+both files). `checkpoint_width` reads a file's width from its channel counts
+(`width=None` does that).
+
 Accepts `{"state_dict": ...}` or a bare state dict, with legacy
 (`blocks.N.mobile_inverted_conv.*`) or current (`blocks.N.conv.*`) names and
 either nesting of dynamic layers (`.bn.bn.` / `.bn.`, `.conv.conv.weight` /
@@ -102,15 +108,45 @@ def _get(tree: Mapping, path: tuple):
     return tree
 
 
-def convert_state_dict(state_dict: Mapping[str, Any], width: float,
+def checkpoint_width(state_dict: Mapping[str, Any], space: ss.SearchSpace
+                     ) -> float:
+    """The width multiplier of an OFA state dict, from the output channels of
+    its first conv and final expand layer (the two that OFA's make_divisible
+    rounding sets per width; e.g. 16 and 960 at w1.0, 24 and 1152 at w1.2).
+
+    Raises:
+      ValueError: the tensors are missing, or no width of `space` has those
+        channel counts.
+    """
+    shapes = {canonical_key(k): tuple(np.shape(v)) for k, v in state_dict.items()
+              if k.endswith(".weight")}
+    names = ("first_conv.conv.weight", "final_expand_layer.conv.weight")
+    if not all(n in shapes for n in names):
+        raise ValueError(f"Not an OFA MobileNetV3 checkpoint: it lacks "
+                         f"{[n for n in names if n not in shapes]}.")
+    got = tuple(shapes[n][0] for n in names)
+    for w in space.widths:
+        ch = space.channels(w)
+        if (ch.first, ch.final_expand) == got:
+            return float(w)
+    raise ValueError(f"The checkpoint's first conv / final expand layer have "
+                     f"{got[0]} / {got[1]} channels: no width of the space "
+                     f"{list(space.widths)} has those; pass the search space it was "
+                     f"trained for.")
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], width: float | None,
                        num_classes: int | None = None, key: jax.Array | None = None,
                        *, space: ss.SearchSpace, **model_kwargs
                        ) -> tuple[supernet.Supernet, dict]:
     """(model, variables) from an OFA state dict of numpy arrays (or tensors).
 
     `space` is the search space the checkpoint was trained for (required;
-    `search_space.OFA_MBV3` for OFA's published supernets).
+    `search_space.OFA_MBV3` for OFA's published supernets). `width` None
+    reads it from the checkpoint (`checkpoint_width`).
     """
+    if width is None:
+        width = checkpoint_width(state_dict, space)
     space.width_index(width)
     sd = {}
     for k, v in state_dict.items():
@@ -203,14 +239,15 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
             if hasattr(v, "detach")}
 
 
-def load_ofa_checkpoint(path: str, width: float, num_classes: int | None = None,
+def load_ofa_checkpoint(path: str, width: float | None,
+                        num_classes: int | None = None,
                         key: jax.Array | None = None, *, space: ss.SearchSpace,
                         **model_kwargs) -> tuple[supernet.Supernet, dict]:
     """(model, variables) from an official OFA MobileNetV3 `.pth` supernet.
 
     Args:
       path: `.pth` file ({"state_dict": ...} or a bare state dict).
-      width: 1.0 or 1.2 (must match the file).
+      width: 1.0 or 1.2 (must match the file); None reads it from the file.
       num_classes: None keeps the checkpoint's classifier; another value
         replaces it with a fresh init from `key` (required then).
       space: the search space the checkpoint was trained for (required;

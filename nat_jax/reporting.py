@@ -194,7 +194,8 @@ def write_report(path: str | os.PathLike, config, archive, names: Sequence[str],
     n_work = len(archive) if working is None else len(working)
     lines = [f"# NAT transfer report: {config.dataset}", "",
              f"- config variant: `{config.variant}`, seed {config.seed}, search space "
-             f"`{config.space}`, width {config.width}",
+             f"`{config.space}`, widths searched {list(space.widths)} (one "
+             f"supernet each)",
              f"- supernet: `{config.supernet or 'random initialisation'}`",
              f"- objectives (minimised): {', '.join(names)}",
              f"- archive: {n_work} subnets in the working archive A "
@@ -211,7 +212,7 @@ def write_report(path: str | os.PathLike, config, archive, names: Sequence[str],
                      f"{m['hypervolume']:.4f} | {m['best_top1']:.2f} | "
                      f"{m['kendall_tau_new']:.2f} | {t:.0f} | {c:.0f} |")
     header = ["#", "top-1 (%)", "top-5 (%)"] + [_label(n) for n in names[1:]] + [
-        "res", "depths", "encoding"]
+        "res", "width", "depths", "encoding"]
     lines += ["", "## Selected subnets (high trade-off + most accurate)", "",
               outlier_line(outlier), "",
               "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -245,7 +246,8 @@ def _row(i: int, archive, names, space) -> str:
     arch = space.decode(e.genes)
     objs = [f"{e.objectives.get(n, float('nan')):.3f}" for n in names[1:]]
     return "| " + " | ".join([str(i), f"{e.top1:.2f}", f"{e.top5:.2f}", *objs,
-                              str(arch.resolution), "".join(map(str, arch.d)),
+                              str(arch.resolution), str(arch.width),
+                              "".join(map(str, arch.d)),
                               "`" + arch.to_encoding(space) + "`"]) + " |"
 
 

@@ -8,10 +8,17 @@ objectives (constraint violations are penalised, so feasible subnets dominate
 infeasible ones), measures the most promising subnets with the adapted
 supernet (BN re-calibration + validation top-1) and returns the measured
 front.
+
+A run's task supernet is a set: one supernet per width multiplier (NAT
+section 3.2, the genotype's second gene; `nat_jax.supernet_set`). The search
+covers every width the set holds (the run's space with those widths), the
+complexity objectives are exact at each subnet's own width, and each subnet
+is measured on the supernet of its width (`evaluate_set`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import re
@@ -25,10 +32,11 @@ from absl import logging
 from nat_jax import (
     evaluation,
     evolution,
+    export,
     pipeline,
     reporting,
     run_config,
-    supernet,
+    supernet_set,
     tradeoff,
 )
 from nat_jax.archive import Archive
@@ -92,7 +100,16 @@ def output_name(names, constraints) -> str:
 
 
 def load_workdir(workdir: str | pathlib.Path):
-    """(config, archive, model, variables, dataset) of a finished transfer run."""
+    """(config, archive, supernets, dataset) of a finished transfer run.
+
+    `supernets` is {width: (model, variables)}, one per width of the run's
+    supernet set (every model's space is the archive's: the run's space with
+    the set's widths, so one genotype decodes the same on every width).
+
+    Raises:
+      FileNotFoundError: not a finished transfer workdir.
+      ValueError: the archive holds subnets of a width the set lacks.
+    """
     workdir = pathlib.Path(workdir)
     for name in ("config.json", "archive.json", "supernet"):
         if not (workdir / name).exists():
@@ -101,12 +118,46 @@ def load_workdir(workdir: str | pathlib.Path):
                 f"experiments.transfer run.")
     cfg = run_config.read_config(workdir)
     run_config.validate(cfg, num_devices=1)  # e.g. names from an older version
-    space = run_config.run_space(cfg)
+    widths = supernet_set.widths(workdir)
+    space = dataclasses.replace(run_config.run_space(cfg), widths=widths)
+    entries = json.loads((workdir / "archive.json").read_text()).get("entries", [])
+    missing = sorted({float(e["width"]) for e in entries if "width" in e}
+                     - set(widths))
+    if missing:
+        raise ValueError(f"{workdir}/archive.json has subnets of width(s) {missing} "
+                         f"but its supernet set holds only widths {list(widths)}; "
+                         f"restore the missing supernet/w<width>/ folder(s).")
     archive = Archive.load(workdir / "archive.json", space)
-    model, variables = supernet.load_supernet(str(workdir / "supernet"))
-    model = model.clone(space=space)
+    supernets = {w: export.load_set_width(workdir, w, space) for w in widths}
     dataset = run_config.load_dataset(cfg)
-    return cfg, archive, model, variables, dataset
+    return cfg, archive, supernets, dataset
+
+
+def evaluate_set(supernets, genes_list, space, dataset_split, calib_split,
+                 config: evaluation.EvalConfig, *, mesh=None, progress=None,
+                 calibration=None) -> list[dict]:
+    """`evaluation.evaluate_subnets` over a supernet set: each genotype is
+    measured on the supernet of its width (gene 2, NAT section 3.2).
+
+    Args:
+      supernets: {width: (model, variables)}, every model's space `space`.
+      genes_list: genotypes (int[num_genes] each) of `space`, any widths.
+      space: the search space of the genotypes.
+      dataset_split, calib_split, config, mesh, calibration, progress: as
+        `evaluation.evaluate_subnets` (progress gets indices into
+        `genes_list`).
+
+    Returns:
+      One result dict per genotype, in the order given.
+
+    Raises:
+      ValueError: a genotype's width has no supernet in the set.
+    """
+    return evaluation.evaluate_subnets(
+        {w: m for w, (m, _) in supernets.items()},
+        {w: v for w, (_, v) in supernets.items()}, list(genes_list), space,
+        dataset_split, calib_split, config, mesh=mesh, progress=progress,
+        calibration=calibration)
 
 
 def search_workdir(workdir, objective_names: str, constraints: str = "",
@@ -129,7 +180,7 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
     t0 = time.time()
     names = run_config.objective_names(objective_names)
     cons = parse_constraints(constraints)
-    cfg, archive, model, variables, dataset = load_workdir(workdir)
+    cfg, archive, supernets, dataset = load_workdir(workdir)
     table = latency_table or cfg.get("latency_table", "")
     space = archive.space
     fn, feasible = constrained_fn(space, names[1:], cons, dataset.num_classes, table)
@@ -157,8 +208,8 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
     order = np.argsort(~np.asarray(tradeoff.nondominated(F)), kind="stable")
     pick = pool[order[:n_evaluate]]
     logging.info("Measuring %d subnets on the adapted supernet.", len(pick))
-    res = evaluation.evaluate_subnets(
-        model, variables, list(pick), space, dataset.val, dataset.train,
+    res = evaluate_set(
+        supernets, list(pick), space, dataset.val, dataset.train,
         run_config.eval_config(cfg),
         calibration=pipeline.CalibrationSet(dataset.train, cfg.eval.calib_images,
                                             cfg.eval.calib_batch_size, cfg.seed))
@@ -180,7 +231,9 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
     summary = {"objectives": list(names), "constraints": constraints,
                "output": str(out),
                "seconds": time.time() - t0, "front": [
-                   {"genes": list(arc.entries[i].genes), "top1": arc.entries[i].top1,
+                   {"genes": list(arc.entries[i].genes),
+                    "width": space.decode(arc.entries[i].genes).width,
+                    "top1": arc.entries[i].top1,
                     **arc.entries[i].objectives} for i in front]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary

@@ -49,19 +49,60 @@ def get_space(name: str) -> ss.SearchSpace:
                          f"{list(SPACES)}.") from None
 
 
+def parse_widths(text) -> tuple[float, ...]:
+    """(1.0, 1.2) from (1.2, 1.0), [1.0, 1.2] or "1.0,1.2"; () from () or "".
+
+    Raises:
+      ValueError: an item that is not a positive number.
+    """
+    if isinstance(text, numbers.Real) and not isinstance(text, bool):
+        text = str(text)
+    items = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    out = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        try:
+            w = float(item)
+        except ValueError:
+            w = -1.0
+        if not w > 0.0:
+            raise ValueError(f"--config.widths={text!r} is invalid: give positive "
+                             f"width multipliers (e.g. --config.widths=1.0,1.2), "
+                             f"or () for every width of the space.")
+        out.append(w)
+    return tuple(sorted(set(out)))
+
+
+def configured_widths(config) -> tuple[float, ...]:
+    """`config.widths` parsed (() = none given); a config.json of an older
+    version with the pinned `width` field reads as that one width."""
+    if "widths" in config:
+        return parse_widths(config.widths)
+    if "width" in config:
+        return (float(config.width),)
+    return ()
+
+
 def run_space(config) -> ss.SearchSpace:
-    """The configured space, with its width pinned (one supernet has one width)
-    and, if `config.resolutions` is set, restricted to those resolutions."""
+    """The configured space, with its widths (`config.widths`, default every
+    width of the space: the paper searches the width multiplier, Sec. 3.2,
+    one supernet per width) and, if `config.resolutions` is set, restricted
+    to those resolutions."""
     space = get_space(config.space)
-    if float(config.width) not in space.widths:
-        raise ValueError(f"--config.width={config.width} is not a width of the "
-                         f"{config.space} space; use one of {list(space.widths)}.")
+    widths = configured_widths(config) or space.widths
+    bad_w = [w for w in widths if w not in space.widths]
+    if bad_w:
+        raise ValueError(f"--config.widths has {bad_w}, not widths of the "
+                         f"{config.space} space; use a subset of "
+                         f"{list(space.widths)} (() = all of them).")
     res = tuple(int(r) for r in config.resolutions) or space.resolutions
     bad = sorted(set(res) - set(space.resolutions))
     if bad:
         raise ValueError(f"--config.resolutions has {bad}, not resolutions of the "
                          f"{config.space} space ({list(space.resolutions)}).")
-    return dataclasses.replace(space, widths=(float(config.width),),
+    return dataclasses.replace(space, widths=tuple(widths),
                                resolutions=tuple(sorted(set(res))))
 
 
@@ -122,7 +163,7 @@ def search_config(s) -> evolution.SearchConfig:
         mutation_eta=s.mutation_eta, n_members=s.n_members,
         sample_fraction=s.sample_fraction, feature_fraction=s.feature_fraction,
         n_candidates=s.n_candidates, pad_multiple=s.pad_multiple,
-        mutation_variant=s.mutation_variant)
+        mutation_variant=s.mutation_variant, predictor_bounds=s.predictor_bounds)
 
 
 def adapt_config(a) -> adaptation.AdaptConfig:
@@ -173,7 +214,7 @@ class Task:
     """What a run is about, checked before anything is written.
 
     Attributes:
-      space: the run's search space (width pinned, resolutions restricted).
+      space: the run's search space (its widths, resolutions restricted).
       dataset: the loaded data (train/val/test splits).
       names: objective names, "top1_error" first.
       complexity: genes int32[n, num_genes] -> float32[n, len(names) - 1].
@@ -254,6 +295,12 @@ def _ints(v):
     return None if ok else "a tuple of integers (e.g. '(32, 40)')"
 
 
+def _reals(v):
+    ok = isinstance(v, (tuple, list)) and all(
+        isinstance(x, numbers.Real) and not isinstance(x, bool) for x in v)
+    return None if ok else "a tuple of numbers (e.g. 1.0,1.2 or '(1.2,)')"
+
+
 def _bool(v):
     return None if isinstance(v, bool) else "true or false"
 
@@ -266,7 +313,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "data_dir": _string(),
     "space": _choice(SPACES),
     "resolutions": _ints,
-    "width": _real(0.0, lo_open=True),
+    "widths": _reals,
     "supernet": _string(),
     "reset_classifier": _bool,
     "compile_cache": _bool,
@@ -284,6 +331,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "search.mutation_prob": _real(0.0, 1.0),
     "search.mutation_eta": _real(0.0),
     "search.mutation_variant": _choice(operators.MUTATION_VARIANTS),
+    "search.predictor_bounds": _choice(evolution.PREDICTOR_BOUNDS),
     "search.n_members": _int(1),
     "search.sample_fraction": _real(0.0, 1.0, lo_open=True),
     "search.feature_fraction": _real(0.0, 1.0, lo_open=True),

@@ -388,11 +388,13 @@ class SearchSpace:
 
     @classmethod
     def tiny(cls) -> "SearchSpace":
-        """A two-stage space for fast tests (small widths, resolutions 32..48)."""
+        """A two-stage space for fast tests (small channels, resolutions 32..48,
+        two width multipliers as the paper's space, so tests exercise one
+        supernet per width)."""
         return cls(
             depths=(1, 2),
             resolutions=(32, 40, 48),
-            widths=(1.0,),
+            widths=(1.0, 1.2),
             net=NetSpec(
                 first_channels=8,
                 first_block_channels=8,

@@ -21,7 +21,13 @@
      "authors": the authors' nsganetv2 growth: K = `search.n_candidates`
        gap-filling candidates are added and A is the whole history;
 
-and at the end picks the high trade-off subnets of A's measured front
+The width multiplier is searched (the genotype's second gene, Sec. 3.2): a
+run holds one supernet per width of its space (`config.widths`, default
+all; OFA's w1.0 and w1.2 are separately trained), Eq. 3 samples the width
+gene like any other, each adaptation step trains only the sampled width's
+supernet, and each subnet is measured on its width's supernet.
+
+At the end it picks the high trade-off subnets of A's measured front
 (Appendix C, with Appendix F's outlier test in report.md) plus the most
 accurate one. The initial A is, in "paper" mode, N - 1 uniform samples plus
 the smallest subnet at the smallest resolution (size N, Table 2: 300); in
@@ -37,10 +43,15 @@ Everything a rerun needs lives in `workdir`: `config.json`, `data.json`
 (written after every evaluated subnet), orbax checkpoints of the train state
 (every `adapt.checkpoint_every` steps), `metrics.jsonl` (one line per
 iteration), `progress.json`, plots and, at the end, `report.md` and the
-params-only task supernet under `supernet/`. Nothing is written before the
-config, data, objectives and supernet have been checked. Rerunning the same
+params-only task supernets under `supernet/` (`supernet_set`'s layout:
+supernet/w1.0/, supernet/w1.2/, one folder per width of the run). Nothing
+is written before the config, data, objectives and supernets have been
+checked. Rerunning the same
 command continues from the last completed step and never repeats finished
 work.
+
+Checkpoints hold every width's train state and the global step, so a kill at
+any phase and a rerun give the identical archive and weights of every width.
 
 Fault injection (for the resume tests): NAT_JAX_KILL_AT="adapt:S" sends
 SIGKILL to this process right after global adaptation step S;
@@ -77,6 +88,7 @@ from nat_jax import (
     reporting,
     run_config,
     sharding,
+    supernet_set,
     task_supernet,
     tradeoff,
     training,
@@ -102,12 +114,12 @@ def run(config, workdir: str | os.PathLike) -> dict:
         return json.loads((workdir / "result.json").read_text())
     key = jax.random.key(config.seed)
     task = run_config.load_task(config)                    # data and objectives
-    model, variables = task_supernet.from_config(
+    supernets = task_supernet.from_config(                 # one per width
         config, task.space, task.num_classes, jax.random.fold_in(key, 2))
     _claim_workdir(workdir, config, task.dataset)          # the first write
     if config.compile_cache:  # resumed runs and re-evaluations reuse programs
         compile_cache.enable(str(workdir / "jax_cache"))
-    r = _setup(config, workdir, task, model, variables, key)
+    r = _setup(config, workdir, task, supernets, key)
     archive = initial_archive(r)                           # line 2
     done = {m["iteration"] for m in workdir_lib.read_jsonl(workdir / "metrics.jsonl")}
     for it in range(config.search.iterations):
@@ -115,7 +127,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
             continue
         times = {}  # seconds per phase, and "<phase>_compile" of those
         with compile_cache.phase(times, "adapt"):
-            r.state = adapt_round(r, archive, it)          # Algorithm 5
+            r.states = adapt_round(r, archive, it)         # Algorithm 5
         with compile_cache.phase(times, "evaluate"):       # line 5
             evaluate_pending(r, archive, it + 1, archive.working_at(it))
         if it + 1 not in archive.working:
@@ -132,12 +144,16 @@ def run(config, workdir: str | os.PathLike) -> dict:
 # --------------------------------------------------------------- set-up
 @dataclasses.dataclass
 class _Run:
-    """What the phases of one run share (host side); `state` changes."""
+    """What the phases of one run share (host side); `states` change.
+
+    `models` and `states` hold one supernet and one train state per width
+    of the run's space (ascending widths).
+    """
 
     config: Any
     workdir: pathlib.Path
     task: run_config.Task
-    model: supernet_lib.Supernet
+    models: dict[float, supernet_lib.Supernet]
     key: jax.Array
     mesh: jax.sharding.Mesh
     adapt_cfg: adaptation.AdaptConfig
@@ -147,15 +163,21 @@ class _Run:
     ckpt: checkpoint.TrainCheckpointer
     loader: pipeline.TrainLoader
     calibration: pipeline.CalibrationSet
-    state: training.TrainState
+    states: dict[float, training.TrainState]
     eta: reporting.RunEta
 
     @property
     def total_steps(self) -> int:
         return max(sum(self.steps_per_round), 1)
 
-    def variables(self) -> dict:
-        return {"params": self.state.params, "batch_stats": self.state.batch_stats}
+    @property
+    def step(self) -> int:
+        """The global adaptation step (`adaptation.global_step`)."""
+        return adaptation.global_step(self.states)
+
+    def variables(self) -> dict[float, dict]:
+        """{width: {"params", "batch_stats"}} of the current weights."""
+        return {w: s.variables() for w, s in self.states.items()}
 
 
 def _finished(workdir: pathlib.Path, config) -> bool:
@@ -205,9 +227,13 @@ def check_split(workdir: pathlib.Path, dataset: data.Dataset) -> None:
     workdir_lib.write_json(path, info)
 
 
-def _setup(config, workdir: pathlib.Path, task: run_config.Task, model, variables,
+def _setup(config, workdir: pathlib.Path, task: run_config.Task, supernets: dict,
            key: jax.Array) -> _Run:
-    """Mesh, step plan, train state and loader (restored if checkpointed)."""
+    """Mesh, step plan, train states and loader (restored if checkpointed).
+
+    Args:
+      supernets: {width: (model, variables)}, one per width of the space.
+    """
     a = config.adapt
     n = len(task.dataset.train) // a.batch_size
     steps_per_epoch = max(1, min(n, a.max_steps_per_epoch) if a.max_steps_per_epoch
@@ -217,25 +243,28 @@ def _setup(config, workdir: pathlib.Path, task: run_config.Task, model, variable
     adapt_cfg = run_config.adapt_config(a)
     mesh = sharding.data_mesh()
     ckpt = checkpoint.TrainCheckpointer(str(workdir / "ckpt"), max_to_keep=2)
-    state = adaptation.create_train_state(model, variables, adapt_cfg,
-                                          max(sum(steps_per_round), 1),
-                                          jax.random.fold_in(key, 1))
-    if ckpt.latest_step() is not None:
-        state, extra = ckpt.restore(state)
+    models = {w: m for w, (m, _) in supernets.items()}
+    states = adaptation.create_train_states(
+        models, {w: v for w, (_, v) in supernets.items()}, adapt_cfg,
+        max(sum(steps_per_round), 1), jax.random.fold_in(key, 1))
+    if ckpt.latest_step() is not None:  # every width's state + the global step
+        tree, extra = ckpt.restore(adaptation.checkpoint_tree(states))
+        states = adaptation.from_checkpoint_tree(tree, states)
         loader = pipeline.TrainLoader.restore(task.dataset.train, extra["loader"],
                                               num_devices=mesh.size)
-        logging.info("Resuming adaptation from step %d.", int(state.step))
+        logging.info("Resuming adaptation from global step %d.",
+                     adaptation.global_step(states))
     else:
         loader = pipeline.TrainLoader(task.dataset.train, a.batch_size,
                                       seed=config.seed, num_devices=mesh.size)
     calibration = pipeline.CalibrationSet(
         task.dataset.train, config.eval.calib_images, config.eval.calib_batch_size,
         seed=config.seed, num_devices=mesh.size)
-    return _Run(config=config, workdir=workdir, task=task, model=model, key=key,
+    return _Run(config=config, workdir=workdir, task=task, models=models, key=key,
                 mesh=mesh, adapt_cfg=adapt_cfg, eval_cfg=run_config.eval_config(config),
                 search_cfg=run_config.search_config(config.search),
                 steps_per_round=steps_per_round, ckpt=ckpt, loader=loader,
-                calibration=calibration, state=state, eta=reporting.RunEta(
+                calibration=calibration, states=states, eta=reporting.RunEta(
                     {"adapt": "steps", "evaluate": "subnets", "search": "searches"}))
 
 
@@ -244,9 +273,10 @@ def initial_archive(r: _Run) -> Archive:
     """The archive of `archive.json`, or a new one (Algorithm 1 line 2).
 
     "paper": `search.archive_size` - 1 uniform samples plus the smallest
-    subnet at the smallest resolution (A has size N); "authors":
-    `search.archive_init` samples plus the smallest (smallest resolution)
-    and the largest subnet. All unmeasured; all form the working archive.
+    subnet at the smallest resolution and width (A has size N); "authors":
+    `search.archive_init` samples plus the smallest (smallest resolution
+    and width) and the largest subnet (widest). All unmeasured; all form the
+    working archive.
     """
     path = r.workdir / "archive.json"
     space = r.task.space
@@ -262,7 +292,7 @@ def initial_archive(r: _Run) -> Archive:
         n, space.num_genes)
     ends = [space.encode(space.min_arch(resolution=space.resolutions[0]))]
     if not paper:
-        ends.append(space.encode(space.max_arch()))
+        ends.append(space.encode(space.max_arch(width=space.widths[-1])))
     genes = np.concatenate([init, np.stack(ends)])
     arc.add(genes, iteration=0, objectives=_objectives(r, genes))
     arc.set_working(0, range(len(arc)))
@@ -275,12 +305,17 @@ def _objectives(r: _Run, genes: np.ndarray) -> list[dict[str, float]]:
     return [{n: float(v) for n, v in zip(r.task.names[1:], row)} for row in vals]
 
 
-def adapt_round(r: _Run, archive: Archive, it: int) -> training.TrainState:
-    """Adaptation round `it` (0 = warm-up) up to its cumulative step target."""
+def adapt_round(r: _Run, archive: Archive, it: int
+                ) -> dict[float, training.TrainState]:
+    """Adaptation round `it` (0 = warm-up) up to its cumulative step target.
+
+    Eq. 3 over A samples every gene, the width too; each step trains the
+    sampled width's supernet only (`adaptation.adapt` on the set).
+    """
     target = sum(r.steps_per_round[:it + 1])
-    done = int(r.state.step)
+    done = r.step
     if done >= target:
-        return r.state
+        return r.states
     probs = adaptation.gene_distribution(               # Eq. 3 over A
         r.task.space, archive.genes()[archive.working_at(it)], r.adapt_cfg.floor)
     logging.info("Adaptation round %d: global steps %d..%d of %d", it, done, target,
@@ -291,15 +326,16 @@ def adapt_round(r: _Run, archive: Archive, it: int) -> training.TrainState:
         prog.update(step + 1 - done, f"loss={d['loss']:.3f} lr={d['lr']:.4f}")
         _maybe_kill("adapt", step + 1)
 
-    state, m = adaptation.adapt(r.state, r.model, r.loader, probs, target - done,
-                                r.adapt_cfg, mesh=r.mesh, checkpointer=r.ckpt,
-                                progress=progress)
-    logging.info("Adaptation round %d done: mean loss %.3f, %.0f images/s", it,
-                 m["loss"], m["images_per_s"])
+    states, m = adaptation.adapt(r.states, r.models, r.loader, probs,
+                                 target - done, r.adapt_cfg, mesh=r.mesh,
+                                 checkpointer=r.ckpt, progress=progress)
+    logging.info("Adaptation round %d done: mean loss %.3f, %.0f images/s, "
+                 "steps per width %s", it, m["loss"], m["images_per_s"],
+                 m["steps_per_width"])
     r.eta.observe("adapt", prog.seconds_per_unit)
-    r.state = state
+    r.states = states
     _log_eta(r, archive, it)
-    return state
+    return states
 
 
 def evaluate_pending(r: _Run, archive: Archive, version: int,
@@ -307,9 +343,9 @@ def evaluate_pending(r: _Run, archive: Archive, version: int,
     """Measures every member (of `among`, default all) not yet evaluated
     with weights `version`.
 
-    Subnets are evaluated grouped by resolution (one compile each) and the
-    archive is saved after every subnet, so a crash loses at most one.
-    Returns the seconds taken.
+    Subnets are evaluated grouped by resolution and width (one compile
+    each; each on its width's supernet) and the archive is saved after
+    every subnet, so a crash loses at most one. Returns the seconds taken.
     """
     todo = archive.pending(version, among)
     if not todo:
@@ -317,23 +353,20 @@ def evaluate_pending(r: _Run, archive: Archive, version: int,
     t0 = time.time()
     prog = reporting.Progress(f"evaluate (weights v{version})", len(todo),
                               unit="subnet")
-    by_res: dict[int, list[int]] = {}
-    for i in todo:
-        by_res.setdefault(archive.entries[i].genes[0], []).append(i)
-    variables, count = r.variables(), [0]
-    for idx in by_res.values():
-        def record(j, n, res, idx=idx):
-            archive.record(idx[j], res["top1"], res["top5"], version)
-            archive.save(r.workdir / "archive.json")
-            count[0] += 1
-            prog.update(count[0], f"top1={res['top1']:.2f}")
-            if version >= 2:
-                _maybe_kill("evaluate", count[0])
+    count = [0]
 
-        evaluation.evaluate_subnets(
-            r.model, variables, [archive.entries[i].genes for i in idx],
-            r.task.space, r.task.dataset.val, r.task.dataset.train, r.eval_cfg,
-            mesh=r.mesh, progress=record, calibration=r.calibration)
+    def record(j, n, res):
+        archive.record(todo[j], res["top1"], res["top5"], version)
+        archive.save(r.workdir / "archive.json")
+        count[0] += 1
+        prog.update(count[0], f"top1={res['top1']:.2f}")
+        if version >= 2:
+            _maybe_kill("evaluate", count[0])
+
+    evaluation.evaluate_subnets(
+        r.models, r.variables(), [archive.entries[i].genes for i in todo],
+        r.task.space, r.task.dataset.val, r.task.dataset.train, r.eval_cfg,
+        mesh=r.mesh, progress=record, calibration=r.calibration)
     r.eta.observe("evaluate", prog.seconds_per_unit)
     _log_eta(r, archive, version - 1)
     return time.time() - t0
@@ -470,7 +503,8 @@ def record_iteration(r: _Run, archive: Archive, it: int, times: dict) -> None:
 
 
 def finish(r: _Run, archive: Archive) -> dict:
-    """Front, high trade-off picks, plots, report.md, params-only supernet."""
+    """Front, high trade-off picks, plots, report.md, the params-only task
+    supernets (supernet/w<width>/, one per width of the run)."""
     names = r.task.names
     F = archive.objective_matrix(names)
     final = archive.working_at(r.config.search.iterations)
@@ -487,7 +521,9 @@ def finish(r: _Run, archive: Archive) -> dict:
     supernet_dir = r.workdir / "supernet"
     if supernet_dir.exists():  # left by a crash inside finish(): redo it
         shutil.rmtree(supernet_dir)
-    supernet_lib.save_supernet(str(supernet_dir), r.model, r.variables())
+    variables = r.variables()
+    supernet_set.save_all(supernet_dir, {w: (m, variables[w])
+                                         for w, m in r.models.items()})
     summary = {"front": [int(i) for i in front], "picks": picks,
                "working_archive": [int(i) for i in final],
                "outlier_test": outlier, "supernet_dir": str(supernet_dir)}
@@ -519,7 +555,8 @@ def outlier_summary(Fn: np.ndarray, front: np.ndarray, kwargs: dict) -> dict | N
 # -------------------------------------------------------------- metrics
 def iteration_metrics(r: _Run, archive: Archive, it: int,
                       times: dict[str, float]) -> dict:
-    """Hypervolume, predictor rank correlation on the new members, sizes."""
+    """Hypervolume, predictor rank correlation on the new members, sizes,
+    members of A per width."""
     names = r.task.names
     F = archive.objective_matrix(names)
     A = np.asarray(archive.working_at(it + 1), np.int64)
@@ -544,7 +581,16 @@ def iteration_metrics(r: _Run, archive: Archive, it: int,
             "best_top1": best.top1,
             "n_front": int(len(front_indices(archive, names, A))),
             "eq3_count": len(used), "eq3_entropy": gene_entropy(probs),
+            "width_counts": width_counts(r.task.space, archive.genes()[A]),
             "times_s": times}
+
+
+def width_counts(space, genes) -> dict[str, int]:
+    """{"1.0": members, "1.2": members}: how many genotypes (int[n,
+    num_genes]) have each width of `space` (gene 2)."""
+    g = np.asarray(genes, np.int64).reshape(-1, space.num_genes)
+    n = np.bincount(g[:, 1], minlength=len(space.widths))
+    return {str(w): int(c) for w, c in zip(space.widths, n)}
 
 
 def gene_entropy(probs: np.ndarray) -> float:
@@ -587,7 +633,7 @@ def _log_eta(r: _Run, archive: Archive, it: int) -> None:
     evals = len(archive.pending(it + 1, archive.working_at(it + 1)))
     evals += 0 if searched else k
     evals += sum(size + k + grow * (j - it) for j in range(it + 1, iters))
-    remaining = {"adapt": r.total_steps - int(r.state.step), "evaluate": evals,
+    remaining = {"adapt": r.total_steps - r.step, "evaluate": evals,
                  "search": iters - it - (1 if searched else 0)}
     logging.info("%s", r.eta.line(remaining))
 

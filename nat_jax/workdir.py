@@ -3,9 +3,11 @@
 A workdir holds `config.json` (the run's full config; a rerun with the same
 config resumes, a different one is refused), JSON-lines logs read back by
 `read_jsonl` (a line cut by a crash is dropped), and, for a finished
-transfer run, `result.json`, `archive.json` and the task supernet under
-`supernet/`. Writing goes through `write_json` (temp file + rename), so a
-crash never leaves a half-written file behind.
+transfer run, `result.json`, `archive.json` and the task supernet set under
+`supernet/` (one supernet per width multiplier, `supernet/w1.0/`,
+`supernet/w1.2/`: `nat_jax.supernet_set`). Writing goes through
+`write_json` (temp file + rename), so a crash never leaves a half-written
+file behind.
 """
 
 from __future__ import annotations
@@ -94,7 +96,9 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 
 
 def resolve_supernet_dir(path: str | os.PathLike) -> str:
-    """A supernet checkpoint dir from itself or from a transfer workdir."""
+    """A supernet checkpoint dir, or a set of them, from itself or from a
+    transfer workdir (its `supernet/` folder); `nat_jax.supernet_set` reads
+    the widths in it."""
     p = pathlib.Path(path)
     if not p.exists():
         raise ValueError(f"Supernet directory {path} does not exist.")
@@ -105,7 +109,12 @@ def resolve_supernet_dir(path: str | os.PathLike) -> str:
 
 def pick_arch(workdir: str | os.PathLike, pick: int, space: ss.SearchSpace
               ) -> ss.Arch:
-    """The arch of `result.json["picks"][pick]` of a finished transfer workdir."""
+    """The arch of `result.json["picks"][pick]` of a finished transfer workdir.
+
+    `space` is the one the archive's genotypes are written in: the run's
+    space with the widths of its supernet set (`export.set_space(workdir)`);
+    the arch's width is its genotype's width gene.
+    """
     wd = pathlib.Path(workdir)
     for name in ("result.json", "archive.json"):
         if not (wd / name).is_file():

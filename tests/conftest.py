@@ -8,6 +8,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_num_cpu_devices", 4)
@@ -24,6 +25,7 @@ SLOW_MODULES = {
     "test_transfer.py", "test_finetune.py", "test_pretrained.py", "test_pretrain.py",
     "test_reorder.py", "test_multitask.py", "test_cli.py", "test_gpu_suite.py",
     "test_multihost.py", "test_compile_cache.py", "test_algorithm1.py",
+    "test_width_downstream.py",
 }
 SLOW_TESTS = {
     "test_adaptation.py::test_train_step_changes_only_active_weights",
@@ -79,10 +81,20 @@ SLOW_TESTS = {
 
 
 def pytest_collection_modifyitems(config, items):
-    import pytest
+
 
     for item in items:
         module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
         name = item.nodeid.split("[")[0].rsplit("/", 1)[-1]
         if module in SLOW_MODULES or name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="module")
+def fast_compiles():
+    """Tiny-model tests are compile bound: XLA's cheap optimisation level for
+    a module (`pytestmark = pytest.mark.usefixtures("fast_compiles")`)."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)

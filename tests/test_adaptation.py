@@ -22,13 +22,7 @@ BATCH = 16
 CFG = ad.AdaptConfig(checkpoint_every=3)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    """Tiny-model tests are compile bound: XLA's cheap optimisation level."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @functools.lru_cache(maxsize=None)
@@ -70,7 +64,9 @@ def test_gene_distribution_is_archive_frequency_with_floor():
     # unseen allowed values keep floor / num_allowed; out-of-bounds stay 0
     np.testing.assert_allclose(q[0, 1], 0.1 / 3, rtol=1e-6)
     np.testing.assert_allclose(q[2, 2], 0.1 / 9, rtol=1e-6)
-    assert q[2, 0] == 0.0 and q[0, 3:].sum() == 0.0 and q[1, 1:].sum() == 0.0
+    assert q[2, 0] == 0.0 and q[0, 3:].sum() == 0.0 and q[1, 2:].sum() == 0.0
+    # the width gene (two widths, 1.2 unseen) is a gene like any other
+    np.testing.assert_allclose(q[1, :2], [0.9 + 0.1 / 2, 0.1 / 2], rtol=1e-6)
     uniform = ad.gene_distribution(SPACE, np.zeros((0, SPACE.num_genes)), 0.1)
     np.testing.assert_allclose(uniform[3], np.full(10, 0.1), rtol=1e-6)
     with pytest.raises(ValueError, match="position 2"):

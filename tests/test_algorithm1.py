@@ -150,16 +150,20 @@ def test_eq3_counts_only_the_working_archive(monkeypatch):
 
     def fake_adapt(state, model, loader, probs, n, cfg, **kw):
         seen["probs"] = np.asarray(probs)
-        return state, {"loss": 0.0, "images_per_s": 1.0}
+        seen["model"] = model
+        return state, {"loss": 0.0, "images_per_s": 1.0, "steps_per_width": {}}
 
     monkeypatch.setattr(transfer.adaptation, "adapt", fake_adapt)
     monkeypatch.setattr(transfer, "_log_eta", lambda *a: None)
     r = _run()
-    r.steps_per_round, r.state = [4, 4], types.SimpleNamespace(step=4)
-    r.model = r.loader = r.mesh = r.ckpt = None
+    r.steps_per_round, r.step, r.states = [4, 4], 4, {1.0: None, 1.2: None}
+    r.models = {1.0: "w1.0 supernet", 1.2: "w1.2 supernet"}
+    r.loader = r.mesh = r.ckpt = None
     r.total_steps, r.eta = 8, reporting.RunEta()
     transfer.adapt_round(r, arc, 1)
-    # Eq. 3 by hand: p(X_i = j) = #{a in A: a_i = j} / |A|.
+    assert seen["model"] == r.models            # the set: the width is searched
+    # Eq. 3 by hand: p(X_i = j) = #{a in A: a_i = j} / |A|, the width gene
+    # (index 1) too: it is not pinned.
     members = [arc.entries[i].genes for i in [0, 3, 5, 7, 9, 30]]
     want = np.zeros_like(seen["probs"])
     for g in members:
@@ -167,7 +171,7 @@ def test_eq3_counts_only_the_working_archive(monkeypatch):
             want[i, v] += 1.0 / len(members)
     np.testing.assert_allclose(seen["probs"], want, atol=1e-6)
     # Round 0 used the initial A (the first 10), not the whole history.
-    r.steps_per_round, r.state = [4, 4], types.SimpleNamespace(step=0)
+    r.steps_per_round, r.step = [4, 4], 0
     transfer.adapt_round(r, arc, 0)
     want0 = np.zeros_like(want)
     for g in (arc.entries[i].genes for i in range(10)):
@@ -183,10 +187,11 @@ def test_initial_archive(tmp_path, mode):
     smallest = tuple(int(x) for x in SPACE.canonicalize(np.asarray(
         SPACE.encode(SPACE.min_arch(resolution=SPACE.resolutions[0])))))
     genes = [e.genes for e in arc.entries]
+    assert SPACE.decode(smallest).width == 1.0      # the narrowest supernet
     if mode == "paper":        # line 2: N members, the smallest subnet among them
         assert len(arc) == 9 and genes[-1] == smallest
     else:                      # archive_init samples + smallest + largest
-        largest = tuple(int(x) for x in SPACE.encode(SPACE.max_arch()))
+        largest = tuple(int(x) for x in SPACE.encode(SPACE.max_arch(width=1.2)))
         assert len(arc) == 9 and genes[-2:] == [smallest, largest]
     assert arc.working == {0: list(range(len(arc)))}
     assert all(e.top1 is None for e in arc.entries)

@@ -38,6 +38,7 @@ def _mesh():
 def _genes(n, seed):
     g = np.array(SPACE.sample(jax.random.key(seed), n))
     g[:, 0] = SPACE.resolution_index(RES)
+    g[:, 1] = SPACE.width_index(1.0)     # the width of _model()'s supernet
     return g
 
 

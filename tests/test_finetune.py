@@ -36,7 +36,11 @@ ARCH = SPACE.decode(GENES)
 
 @pytest.fixture(scope="module")
 def transfer_dir(tmp_path_factory):
-    """A finished-transfer-like workdir: random supernet, archive, result."""
+    """A finished-transfer-like workdir: random supernet, archive, result.
+
+    On purpose in the older layout (supernet/ is one width's supernet, not a
+    set of w<width>/ folders): it still loads, as a set of one width. The
+    two-width layout is tests/test_width_downstream.py's."""
     wd = tmp_path_factory.mktemp("transfer")
     model = supernet.Supernet(SPACE, 1.0, 10)
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)

@@ -20,8 +20,10 @@ from nat_jax import latency, objectives
 from nat_jax import search_space as ss
 
 # Two kernels x two expands: 4 slots x 4 options + stem + head = 18 layers per
-# resolution (no two slots of the tiny space share a configuration).
-SPACE = dataclasses.replace(ss.SearchSpace.tiny(), kernels=(3, 7), expands=(3, 6))
+# resolution and width (no two slots of the tiny space share a configuration;
+# the two widths, one supernet each, have other channels).
+SPACE = dataclasses.replace(ss.SearchSpace.tiny(), kernels=(3, 7), expands=(3, 6),
+                            widths=(1.0, 1.2))
 OVERHEAD = 7.0
 CLASSES = 10
 
@@ -67,12 +69,15 @@ def test_measure_statistics():
 
 def test_table_predicts_sum_of_layer_costs_exactly(fake):
     table, timer = fake
-    # Every distinct layer configuration is timed once: 18 per resolution.
-    assert len(timer.calls) == 18 * len(SPACE.resolutions)
-    assert [c[0] for c in timer.calls].count("Stem") == len(SPACE.resolutions)
+    # Every distinct layer configuration is timed once: 18 per resolution
+    # and width.
+    n = len(SPACE.resolutions) * len(SPACE.widths)
+    assert len(timer.calls) == 18 * n
+    assert [c[0] for c in timer.calls].count("Stem") == n
     assert table.overhead_ms == OVERHEAD and np.all(table.block[..., 0] == 0)
     genes = np.concatenate([_population(40), np.stack([
-        SPACE.encode(SPACE.min_arch(32)), SPACE.encode(SPACE.max_arch(48))])])
+        SPACE.encode(SPACE.min_arch(32)), SPACE.encode(SPACE.max_arch(48, 1.2))])])
+    assert set(genes[:, 1]) == {0, 1}                      # both widths
     pred = table.predict(genes)
     # Overhead subtracted from every layer, added once per network: the
     # prediction is the subnet's parameter count (OFA's rule) + one overhead.
@@ -115,13 +120,19 @@ def test_latency_objective_is_the_jitted_lookup(fake, tmp_path):
             custom={"latency": latency.table_fn(source, SPACE)}))
         got = np.asarray(fn(genes))
         np.testing.assert_allclose(got[:, 1], table.predict(genes), rtol=1e-6)
-    pinned = dataclasses.replace(SPACE, widths=(1.0,))  # as a run pins it
+    pinned = dataclasses.replace(SPACE, widths=(1.2,))  # as a run pins one
     pinned_fn = jax.jit(latency.table_fn(table, pinned))
-    np.testing.assert_allclose(pinned_fn(genes), got[:, 1])
+    w12 = genes[:, 1] == 1
+    as_pinned = genes[w12].copy()
+    as_pinned[:, 1] = 0                          # width index 0 of `pinned`
+    np.testing.assert_allclose(pinned_fn(as_pinned), got[w12, 1])
     with pytest.raises(ValueError, match="another search space"):
         latency.table_fn(table, ss.SearchSpace.tiny())
+    one = latency.build_table(dataclasses.replace(SPACE, widths=(1.0,)), 2, CLASSES,
+                              resolutions=(32,), timer=ParamsTimer(),
+                              overhead_ms=OVERHEAD)
     with pytest.raises(ValueError, match="no width"):
-        latency.table_fn(table, dataclasses.replace(SPACE, widths=(1.2,)))
+        latency.table_fn(one, pinned)
 
 
 def test_real_build_and_check_run_end_to_end():
@@ -129,7 +140,8 @@ def test_real_build_and_check_run_end_to_end():
     table = latency.build_table(SPACE, batch_size=2, num_classes=CLASSES,
                                 resolutions=(32,), warmup=1, repeats=2, stat="min")
     assert np.all(np.isfinite(table.block)) and np.all(np.isfinite(table.fixed))
-    assert table.block.shape == (3, 1, SPACE.num_blocks, SPACE.num_ops + 1)
+    assert table.block.shape == (3, len(SPACE.widths), SPACE.num_blocks,
+                                 SPACE.num_ops + 1)
     genes = np.stack([SPACE.encode(SPACE.min_arch(32)),
                       SPACE.encode(SPACE.max_arch(32))])
     chk = latency.check_table(table, genes, warmup=1, repeats=2)

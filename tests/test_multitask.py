@@ -14,11 +14,21 @@ import pytest
 from PIL import Image
 
 from experiments.configs import transfer as transfer_cfg
-from nat_jax import evaluation, evolution, multitask, objectives, run_config, supernet
+from nat_jax import (
+    evaluation,
+    evolution,
+    multitask,
+    objectives,
+    run_config,
+    supernet,
+    supernet_set,
+)
 from nat_jax import search_space as ss
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SPACE = dataclasses.replace(ss.SearchSpace.tiny(), resolutions=(32,))
+# Two widths: every task is a set of one supernet per width (NAT Sec. 3.2).
+SPACE = dataclasses.replace(ss.SearchSpace.tiny(), resolutions=(32,),
+                            widths=(1.0, 1.2))
 CLASSES = (2, 3, 3)          # different class counts: each task keeps its own
 CFG = transfer_cfg.get_config("test")
 
@@ -37,9 +47,10 @@ def _dataset(root: pathlib.Path, n_classes: int, seed: int) -> pathlib.Path:
 
 
 def _supernet(path: pathlib.Path, space, n_classes: int, seed: int) -> str:
-    model, variables = supernet.init_supernet(space, 1.0, n_classes,
-                                              jax.random.key(seed))
-    supernet.save_supernet(str(path), model, variables)
+    """A supernet set: PATH/w<width>/ for every width of `space`."""
+    supernet_set.save_all(path, {
+        w: supernet.init_supernet(space, w, n_classes, jax.random.key(seed + 10 * i))
+        for i, w in enumerate(space.widths)})
     return str(path)
 
 
@@ -80,13 +91,26 @@ def test_every_member_has_one_measured_error_per_task(run):
     new = [e for e in arc["entries"] if e["iteration"] == 1]
     assert len(new) == 2 and all(sorted(e["predicted_top1"]) == sorted(arc["tasks"])
                                  for e in new)
-    # One task's value is that subnet's top-1 on that task, as measured alone.
+    # Both widths are in the joint archive (uniform samples; seed fixed).
+    widths = [SPACE.decode(e["genes"]).width for e in arc["entries"]]
+    assert set(widths) == {1.0, 1.2} and all(t.space == SPACE for t in tasks)
+    assert all(sorted(t.supernets) == [1.0, 1.2] for t in tasks)
+    # One task's value is that subnet's top-1 on that task, measured alone on
+    # the supernet of its width (and the other width's supernet is refused).
     t = tasks[1]
-    e = arc["entries"][3]
-    alone = evaluation.evaluate_subnets(
-        t.model, t.variables, [e["genes"]], t.space, t.dataset.val, t.dataset.train,
-        run_config.eval_config(CFG))[0]
-    assert e["top1"]["task1"] == pytest.approx(alone["top1"])
+    for i in (widths.index(1.0), widths.index(1.2)):
+        e = arc["entries"][i]
+        w = widths[i]
+        model, variables = t.supernets[w]
+        alone = evaluation.evaluate_subnets(
+            {w: model}, {w: variables}, [e["genes"]], t.space, t.dataset.val,
+            t.dataset.train, run_config.eval_config(CFG))[0]
+        assert e["top1"]["task1"] == pytest.approx(alone["top1"])
+        (o, (m_o, v_o)), = [(k, s) for k, s in t.supernets.items() if k != w]
+        with pytest.raises(ValueError, match=f"width {w}"):
+            evaluation.evaluate_subnets(
+                {o: m_o}, {o: v_o}, [e["genes"]], t.space, t.dataset.val,
+                t.dataset.train, run_config.eval_config(CFG))
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1]
     assert all(m["n_objectives"] == 5 and m["hypervolume"] > 0 for m in metrics)

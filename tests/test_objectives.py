@@ -68,6 +68,39 @@ def test_tiny_space_hand_count():
     assert int(ob.params(t, g, num_classes=10)) == sum(params)
 
 
+def test_tiny_space_hand_count_at_width_1_2():
+    """The second supernet of the tiny space (width 1.2): channels 16 / (24,
+    32) / 80 / 112; expand-3 mids 48 and 72; SE of 72 channels squeezes to
+    make_divisible(72 // 4 = 18) = 24 (OFA's rule: 16 < 0.9 * 18, so 24)."""
+    t = ss.SearchSpace.tiny()
+    arch = ss.Arch.from_ofa([3] * 4, [3] * 4, [1, 1], 32, 1.2, space=t)
+    madds = [
+        16 * 16 * 27 * 16,                    # first conv 3x3 s2, 16 ch
+        16 * 16 * 9 * 16, 16 * 16 * 16 * 16,  # static block: dw3x3, pw 16 -> 16
+        16 * 16 * 16 * 48, 8 * 8 * 9 * 48, 8 * 8 * 48 * 24,  # stage 0: mid 48
+        8 * 8 * 24 * 72, 4 * 4 * 9 * 72, 4 * 4 * 72 * 32,    # stage 1: mid 72
+        2 * 72 * 24,                          # stage 1 SE: 72 -> 24 -> 72
+        4 * 4 * 32 * 80, 80 * 112, 112 * 10,  # final expand, feature mix, fc
+    ]
+    params = [
+        27 * 16 + 2 * 16, 9 * 16 + 2 * 16 + 16 * 16 + 2 * 16,
+        16 * 48 + 2 * 48 + 9 * 48 + 2 * 48 + 48 * 24 + 2 * 24,
+        24 * 72 + 2 * 72 + 9 * 72 + 2 * 72 + 72 * 32 + 2 * 32,
+        72 * 24 + 24 + 24 * 72 + 72,
+        32 * 80 + 2 * 80, 80 * 112, 112 * 10 + 10,
+    ]
+    want = {"madds": sum(madds), "params": sum(params)}
+    assert ob.count(t, arch, num_classes=10) == want
+    g = t.encode(arch)
+    assert g[1] == 1
+    fn = ob.complexity_fn(t, ("madds", "params"), 10)
+    got = np.asarray(fn(np.stack([g, t.encode(ss.Arch.from_ofa(
+        [3] * 4, [3] * 4, [1, 1], 32, 1.0, space=t))])))
+    assert got[0, 0] == pytest.approx(want["madds"] / 1e6, rel=1e-6)
+    assert got[0, 1] == pytest.approx(want["params"] / 1e6, rel=1e-6)
+    assert got[1, 0] < got[0, 0]          # the narrower supernet's twin
+
+
 @pytest.mark.parametrize("num_classes", [10, 1000])
 def test_vectorised_equals_layer_by_layer_on_random_population(num_classes):
     genes = np.asarray(S.sample(jax.random.key(0), 300))

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nat_jax import checkpoint, data, pipeline, pretrain, supernet
+from nat_jax import checkpoint, data, pipeline, pretrain, supernet, supernet_set
 from nat_jax import search_space as ss
 
 # one resolution: one compile of the step
@@ -168,11 +168,12 @@ def test_entry_point_writes_loadable_supernet(tmp_path):
 
     cfg = transfer_configs.get_config("test")
     cfg.supernet = str(wd / "w1.0")
+    cfg.widths = (1.0,)                     # one pretrained width: pin it
     cfg.search.iterations = 1
     summary = transfer.run(cfg, tmp_path / "transfer")
     meta = json.loads((tmp_path / "transfer" / "config.json").read_text())
     assert meta["supernet"] == str(wd / "w1.0") and summary["picks"]
-    _, adapted = supernet.load_supernet(summary["supernet_dir"])
+    _, adapted = supernet_set.load_width(summary["supernet_dir"], 1.0)
     # the pre-trained weights were the starting point: the first conv moved
     # from them by adaptation but keeps their shape and scale
     w0, w1 = v["params"]["first_conv"], adapted["params"]["first_conv"]

@@ -114,22 +114,69 @@ def test_new_classes_and_save_load_roundtrip(tmp_path):
         supernet.load_supernet(tmp_path / "ck")
 
 
-def test_convert_cli(tmp_path):
+def test_checkpoint_width_reads_both_ofa_widths():
+    for w in (1.0, 1.2):
+        _, sd, _, _ = ofa_oracle.pair(w)
+        assert pretrained.checkpoint_width(sd, SP) == w
+        # width=None reads it too and gives the same variables
+        _, v = pretrained.convert_state_dict(sd, None, space=SP,
+                                             depthwise_impl="conv")
+        _, _, _, want = ofa_oracle.pair(w)
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(jax.tree.leaves(v), jax.tree.leaves(want)))
+    _, sd, _, _ = ofa_oracle.pair(1.0)
+    with pytest.raises(ValueError, match="no width of the space"):
+        pretrained.checkpoint_width(sd, ss.SearchSpace.tiny())
+
+
+def test_convert_cli_builds_a_two_width_set(tmp_path):
+    """Both OFA widths into one set folder (OUTPUT/w1.0, OUTPUT/w1.2), in one
+    command with the widths read from the files, or one width at a time."""
     import torch
 
     from experiments import convert_ofa
+    from nat_jax import supernet_set
 
-    net = ofa_oracle.build(1.0, n_classes=7, seed=5)
-    path = tmp_path / "w.pth"
-    torch.save({"state_dict": ofa_oracle.legacy_state_dict(net)}, path)
-    out = convert_ofa.convert(str(path), 1.0, str(tmp_path / "out"))
-    assert out["num_classes"] == 7
-    model, _ = supernet.load_supernet(tmp_path / "out")
+    paths = {}
+    for w in (1.0, 1.2):
+        net = ofa_oracle.build(w, n_classes=7, seed=5)
+        paths[w] = tmp_path / f"w{w}.pth"
+        torch.save({"state_dict": ofa_oracle.legacy_state_dict(net)}, paths[w])
+    out = convert_ofa.convert(str(paths[1.0]), 1.0, str(tmp_path / "one"))
+    assert out["num_classes"] == 7 and out["output"] == str(tmp_path / "one" / "w1.0")
+    model, _ = supernet_set.load_width(tmp_path / "one", 1.0)
     assert model.space == ss.OFA_MBV3 and model.num_classes == 7
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.convert_ofa", f"--checkpoint={path}",
-         "--width=1.2", f"--output={tmp_path / 'out2'}"],
-        capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "width-1.0 checkpoint" in lines[0], proc.stderr
+    with pytest.raises(ValueError, match="exists already"):
+        convert_ofa.convert(str(paths[1.0]), None, str(tmp_path / "one"))
+    convert_ofa.convert(str(paths[1.2]), None, str(tmp_path / "one"))  # 2nd width
+    assert supernet_set.widths(tmp_path / "one") == (1.0, 1.2)
+
+    def cli(*flags):
+        return subprocess.run([sys.executable, "-m", "experiments.convert_ofa",
+                               *flags], capture_output=True, text=True, timeout=300)
+
+    proc = cli(f"--checkpoint={paths[1.2]},{paths[1.0]}",
+               f"--output={tmp_path / 'set'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["w1.0", "w1.2"]
+    for w in (1.0, 1.2):
+        m, v = supernet_set.load_width(tmp_path / "set", w)
+        _, want = pretrained.load_ofa_checkpoint(str(paths[w]), w,
+                                                 space=ss.OFA_MBV3)
+        assert m.width == w
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(jax.tree.leaves(v), jax.tree.leaves(want)))
+    # one-line errors: a width that is not the file's; a single supernet as
+    # --output; a width count that does not match
+    for flags, msg in (
+            ([f"--checkpoint={paths[1.0]}", "--width=1.2",
+              f"--output={tmp_path / 'out2'}"], "width-1.0 checkpoint"),
+            ([f"--checkpoint={paths[1.0]}",
+              f"--output={tmp_path / 'set' / 'w1.0'}"], "is itself a supernet"),
+            ([f"--checkpoint={paths[1.0]}", "--width=1.0,1.2",
+              f"--output={tmp_path / 'out3'}"], "one per checkpoint")):
+        proc = cli(*flags)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0], proc.stderr
+    assert not (tmp_path / "out2" / "w1.2").exists()

@@ -124,7 +124,8 @@ def test_tiny_space_by_hand():
     t = ss.SearchSpace.tiny()
     assert t.num_stages == 2 and t.max_depth == 2 and t.num_genes == 6
     np.testing.assert_array_equal(t.lower_bounds, [0, 0, 1, 0, 1, 0])
-    np.testing.assert_array_equal(t.upper_bounds, [2, 0, 9, 9, 9, 9])
+    np.testing.assert_array_equal(t.upper_bounds, [2, 1, 9, 9, 9, 9])
+    assert t.widths == (1.0, 1.2)     # two supernets, as the paper's space
     arch = t.decode([1, 0, 9, 0, 4, 2])  # gene 9 = k7e6, 4 = k3e4, 2 = k5e3
     assert arch == ss.Arch(40, 1.0, ks=(7, 0, 3, 5), e=(6, 0, 4, 3), d=(1, 2))
     np.testing.assert_array_equal(t.encode(arch), [1, 0, 9, 0, 4, 2])
@@ -140,6 +141,12 @@ def test_block_layout_of_tiny_space_by_hand():
                    (1, 0, 1, 16, 16, 1, "relu", False, True),
                    (2, 1, 0, 16, 24, 2, "h_swish", True, False),
                    (3, 1, 1, 24, 24, 1, "h_swish", True, True)]
+    # Width 1.2 (OFA's make_divisible by 8): first block 16 (9.6 -> 8 < 0.9 *
+    # 9.6, so 16), stages 24 (19.2 -> 16 < 17.28 -> 24) and 32 (28.8 -> 32).
+    got = [(b.c_in, b.c_out) for b in t.blocks(1.2)]
+    assert got == [(16, 24), (24, 24), (24, 32), (32, 32)]
+    ch = t.channels(1.2)
+    assert (ch.first, ch.final_expand, ch.feature_mix) == (16, 80, 112)
     # OFA at width 1.2: stage channels (32, 48, 96, 136, 192) after 24.
     ofa = S.blocks(1.2)
     assert len(ofa) == 20 and [b.c_in for b in ofa[::4]] == [24, 32, 48, 96, 136]

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import transfer as transfer_cfg
-from nat_jax import run_config, supernet, tradeoff
+from nat_jax import run_config, supernet_set, tradeoff
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = f"--config={ROOT / 'experiments' / 'configs' / 'transfer.py'}:test"
@@ -148,8 +148,18 @@ def test_complete_run_writes_everything(run_of, mode):
     assert np.all(tradeoff.nondominated(F[front]))
     assert set(np.flatnonzero(tradeoff.nondominated(F))) <= set(front)
     assert set(result["picks"]) <= set(result["front"])
-    model, variables = supernet.load_supernet(str(full_run / "supernet"))
-    assert model.num_classes == 10 and "params" in variables
+    # One supernet per width (Sec. 3.2: the width gene is searched), both
+    # in supernet/, and members of both widths were measured.
+    supernets = supernet_set.load_all(full_run / "supernet")
+    assert sorted(supernets) == [1.0, 1.2] == list(space.widths)
+    for w, (model, variables) in supernets.items():
+        assert model.num_classes == 10 and model.width == w
+        assert "params" in variables
+    everyone = _archive(full_run)
+    assert {e["width"] for e in everyone} == {1.0, 1.2}
+    for m in metrics:   # members of A per width (gene 2) by hand
+        ws = [everyone[i]["genes"][1] for i in working[m["iteration"] + 1]]
+        assert m["width_counts"] == {"1.0": ws.count(0), "1.2": ws.count(1)}
     report = (full_run / "report.md").read_text()
     assert "## Selected subnets" in report
     assert "Appendix F outlier test: " in report
@@ -175,11 +185,14 @@ def test_killed_runs_resume_to_the_same_result(env, run_of, tmp_path, mode):
     assert out.returncode == 0, out.stderr[-3000:]
     assert _archive(workdir) == _archive(full_run)
     assert _working(workdir) == _working(full_run)
-    _, a = supernet.load_supernet(str(workdir / "supernet"))
-    _, b = supernet.load_supernet(str(full_run / "supernet"))
-    for x, y in zip(np.concatenate([np.ravel(v) for v in _leaves(a)]),
-                    np.concatenate([np.ravel(v) for v in _leaves(b)])):
-        assert x == y
+    resumed = supernet_set.load_all(workdir / "supernet")
+    uninterrupted = supernet_set.load_all(full_run / "supernet")
+    assert sorted(resumed) == sorted(uninterrupted) == [1.0, 1.2]
+    for w in resumed:   # both widths' weights, bit for bit
+        a, b = _leaves(resumed[w][1]), _leaves(uninterrupted[w][1])
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
     # A finished run is not repeated.
     out = _transfer(env, workdir, *flags)
     assert out.returncode == 0 and "Adaptation round" not in out.stderr
@@ -279,7 +292,9 @@ def test_every_config_field_is_validated(variant):
     ("reset_classifier", 1, "true or false"),
     ("search.n_candidates", 9, "<= search.pop_size=8"),
     ("adapt.lr_end", 0.5, "<= adapt.lr=0.05"),
-    ("width", 1.2, "not a width of the tiny space"),
+    ("widths", (1.5,), "not widths of the tiny space"),
+    ("widths", "one", "a tuple of numbers"),
+    ("widths", (-1.0,), "give positive width multipliers"),
     ("resolutions", (30,), "[30], not resolutions"),
     ("objectives", "top1_error,madds,madds", "Repeated objective"),
     ("latency_table", "/no/table.json", "Latency table /no/table.json not found"),

@@ -1,14 +1,16 @@
 """NAT transfer configs: `paper` (Table 2 / section 4.4), `tiny`, `test`.
 
 `tiny` (the default) is a real transfer on 2 CPU cores in under 10 minutes:
-the shipped Fashion-MNIST supernet of the `small` space to MNIST (`mnist_mini`),
+the shipped Fashion-MNIST supernets of the `small` space (both widths, w1.0
+and w1.2, the width gene searched) to MNIST (`mnist_mini`),
 classifier reset, Algorithm 1 with a working archive of N = 40. `test` is the
 smoke-test size of tests/test_transfer.py.
 
 Usage:
   python -m experiments.transfer                                   # tiny, embedded data
   python -m experiments.transfer --dataset=dtd --workdir=runs/dtd \\
-      --config=experiments/configs/transfer.py:paper --supernet=ckpt/ofa_mbv3_w1.0
+      --config=experiments/configs/transfer.py:paper \\
+      --supernet=ckpt/ofa_mbv3_w1.0,ckpt/ofa_mbv3_w1.2
 Override any field: --config.search.generations=50 --config.adapt.batch_size=64
 (--dataset, --objectives, --supernet, --seed and --latency_table are short for
 --config.dataset etc.; they are the same field, with this file's default.)
@@ -34,11 +36,17 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.data_dir = ""                    # "" = nat_jax.data.default_data_dir()
     c.space = "ofa_mbv3"               # or "tiny"
     c.resolutions = ()                 # subset of the space's resolutions; () = all
-    c.width = 1.0
-    c.supernet = ""                    # orbax dir from experiments.convert_ofa, an
-                                       # official OFA .pth file, a shipped one
-                                       # ("pretrained:small_fashion_mnist/w1.0",
-                                       # any cwd); "" = random init
+    c.widths = ()                      # width multipliers searched (gene 2, Sec.
+                                       # 3.2; one supernet each), e.g.
+                                       # --config.widths=1.0 pins one; () = every
+                                       # width of the space
+    c.supernet = ""                    # a set DIR with w1.0/, w1.2/ (a transfer
+                                       # run's supernet/, a shipped one:
+                                       # "pretrained:small_fashion_mnist", any
+                                       # cwd), or PATH,PATH: one per width, each
+                                       # an orbax dir (experiments.convert_ofa)
+                                       # or an official OFA .pth (width from
+                                       # its _w1.2 name); "" = random init
     c.compile_cache = True             # persistent XLA cache in WORKDIR/jax_cache:
                                        # resumed runs reuse compiled programs
     c.reset_classifier = True          # section 4.4: "the last linear layer is
@@ -69,6 +77,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         n_members=500,                 # RBF ensemble (Algorithm 2)
         sample_fraction=0.7,           # samples each member is fitted on
         feature_fraction=0.7,          # features each member sees
+        predictor_bounds="space",      # input scaling (paper: unspecified): space =
+                                       # gene bounds | data = fitted rows' min-max
         pad_multiple=64,               # archive rows padded to this (fewer compiles)
     ))
     # adaptation.AdaptConfig (Algorithm 5) plus the epoch bookkeeping.
@@ -106,7 +116,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     if variant == "tiny":  # transfer the shipped Fashion-MNIST supernet to MNIST
         c.space = "small"
         c.dataset = "mnist_mini"
-        c.supernet = "pretrained:small_fashion_mnist/w1.0"
+        c.supernet = "pretrained:small_fashion_mnist"   # w1.0/ and w1.2/
         c.resolutions = (28,)          # one compile per phase: 10 min on 2 cores
         c.search.update(iterations=4, archive_size=40, predictor_train_size=20,
                         archive_init=12, n_candidates=4,
