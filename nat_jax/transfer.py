@@ -238,7 +238,11 @@ def _setup(config, workdir: pathlib.Path, task: run_config.Task, supernets: dict
     n = len(task.dataset.train) // a.batch_size
     steps_per_epoch = max(1, min(n, a.max_steps_per_epoch) if a.max_steps_per_epoch
                           else n)
-    steps_per_round = [a.warmup_epochs * steps_per_epoch] + [
+    # The warm-up trains the reset classifiers before anything is ranked
+    # (fidelity A2); each width's supernet has its own, and Eq. 3 on the
+    # uniform initial archive splits the steps about evenly, so the warm-up
+    # is `warmup_epochs` per width.
+    steps_per_round = [a.warmup_epochs * steps_per_epoch * len(supernets)] + [
         a.epochs_per_iter * steps_per_epoch] * (config.search.iterations - 1)
     adapt_cfg = run_config.adapt_config(a)
     mesh = sharding.data_mesh()

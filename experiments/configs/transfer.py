@@ -84,7 +84,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # adaptation.AdaptConfig (Algorithm 5) plus the epoch bookkeeping.
     c.adapt = ml_collections.ConfigDict(dict(
         epochs_per_iter=5,             # paper: 5 epochs per iteration
-        warmup_epochs=5,               # before the first evaluation (new classifier)
+        warmup_epochs=5,               # per width, before the first evaluation
         batch_size=128,
         lr=0.01,                       # cosine-annealed to lr_end over the whole run
         lr_end=0.0,
