@@ -47,6 +47,7 @@ _CHILD = textwrap.dedent("""
     mesh = sharding.data_mesh()
     genes = np.array(space.sample(jax.random.key(1), 20))
     genes[:, 0] = 0  # one resolution: one compile of each program
+    genes[:, 1] = 0  # the one supernet's width (1.0)
     probs = ad.gene_distribution(space, genes, floor=0.0)
     cfg = ad.AdaptConfig()
     loader = pipeline.TrainLoader(ds.train, 8, seed=0)  # same global batch
