@@ -98,3 +98,17 @@ def fast_compiles():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Drop JAX's compiled programs after each test module. XLA:CPU maps each
+    compiled program's code into memory; a whole-suite process that keeps
+    every program of 400+ tests alive crashed (SIGSEGV inside compile or
+    serialize, about 320 tests in) near the kernel's 65,530 memory-map limit
+    (vm.max_map_count); each file alone always passed."""
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
