@@ -11,6 +11,7 @@ running-statistic updates and gradients (tests/test_supernet.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -90,9 +91,19 @@ class ElasticBlock(nn.Module):
         return mids, tuple(ss.make_divisible(m // 4, 8) for m in mids)
 
     @nn.compact
-    def __call__(self, x, k, e, gate, mode):
+    def __call__(self, x, k, e, gate, mode, phase=None, stats=None):
+        """The block's output float32[N, H', W', c_out] (no residual).
+
+        `phase` (exec_mode "switch" only; what `Supernet` uses to scan over
+        equally shaped blocks): "params" declares/reads the variables and
+        returns the arrays `switch_apply` takes (x, k unused); "record"
+        applies the running-stat update / bn_stats record of `stats` (as
+        returned by `switch_apply`) for subnet (e, gate) and returns None.
+        """
         if self.exec_mode == "switch":
-            return self._switch(x, k, e, gate, mode)
+            return self._switch(x, k, e, gate, mode, phase, stats)
+        if phase is not None:
+            raise ValueError(f"phase={phase!r} needs exec_mode='switch'.")
         act = layers.activation(self.act)
         mids, se_mids = self._mids()
         mid_max = max(mids)
@@ -128,9 +139,14 @@ class ElasticBlock(nn.Module):
         be = self.param("se_expand_bias", nn.initializers.zeros, (mid_max,))
         return wr, br, we, be
 
-    def _switch(self, x, k, e, gate, mode):
-        mids, se_mids = self._mids()
-        mid_max = max(mids)
+    def _switch_params(self, mode):
+        """Declares (or reads) the block's variables; returns (p, bns).
+
+        p: {"w", "dw", "se" (with SE), "wp", "bn": {name: (scale, bias, mean,
+        var)}}, the arrays the pure `switch_apply` takes; bns: {name:
+        `layers.BatchNormState`} for recording the statistics afterwards.
+        """
+        mid_max = max(self._mids()[0])
         kernels = tuple(sorted(self.kernels))
         # declared in the masked mode's order (init_variables draws in order)
         bns, p = {}, {"bn": {}}
@@ -149,75 +165,146 @@ class ElasticBlock(nn.Module):
         p["wp"] = self.param("project_kernel", layers.conv_init,
                              (1, 1, mid_max, self.c_out))
         bn_state("project_bn", self.c_out)
+        return p, bns
+
+    @nn.nowrap
+    def spec(self) -> "SwitchSpec":
+        """The static description `switch_apply` runs this block with."""
+        return SwitchSpec(self.c_in, self.c_out, self.stride, self.act, self.use_se,
+                          tuple(sorted(self.kernels)), tuple(self.expands),
+                          self.impl)
+
+    def _switch(self, x, k, e, gate, mode, phase, stats):
+        p, bns = self._switch_params(mode)
+        if phase == "params":
+            return p
+        if phase == "record":
+            _record_stats(bns, self.spec(), mode, stats, e, gate)
+            return None
         if self.is_initializing():  # params exist now; skip tracing the branches
-            y = jnp.zeros(x.shape[:1] + self._out_hw(x) + (self.c_out,), x.dtype)
-            return y
-        k_idx = _select(k, kernels, tuple(range(len(kernels))))
-        e_idx = _select(e, self.expands, tuple(range(len(self.expands))))
-        branches = [functools.partial(self._branch, m, se, kernels, mode)
-                    for m, se in zip(mids, se_mids)]
-
-        def run(x, p, k_idx):
-            return _switch_recompute(tuple(branches), e_idx, k_idx, x, p)
-
-        if self.skippable:
-            def skip(x, p, k_idx):
-                y = jnp.zeros(x.shape[:1] + self._out_hw(x) + (self.c_out,), x.dtype)
-                if mode == "eval":
-                    return y, None
-                z = {"expand_bn": mid_max, "depthwise_bn": mid_max,
-                     "project_bn": self.c_out}
-                return y, {n: (jnp.zeros((c,)), jnp.zeros((c,))) for n, c in z.items()}
-            y, stats = jax.lax.cond(gate, run, skip, x, p, k_idx)
-        else:
-            y, stats = run(x, p, k_idx)
-        if stats is not None:
-            mmask = layers.channel_mask(_select(e, self.expands, mids), mid_max)
-            masks = {"expand_bn": mmask & gate, "depthwise_bn": mmask & gate,
-                     "project_bn": jnp.ones((self.c_out,), bool) & gate}
-            for n, bn in bns.items():
-                bn(mode, stats[n], masks[n])
+            return jnp.zeros(x.shape[:1] + self.spec().out_hw(x) + (self.c_out,),
+                             x.dtype)
+        y, stats = switch_apply(self.spec(), mode, self.skippable, x, p, k, e, gate)
+        _record_stats(bns, self.spec(), mode, stats, e, gate)
         return y
 
-    @nn.nowrap
-    def _out_hw(self, x):
+
+@dataclasses.dataclass(frozen=True)
+class SwitchSpec:
+    """Static shape of one elastic block for the pure `switch_apply`.
+
+    kernels: sorted ascending; expands: the space's expand ratios (order of
+    the `e` choices).
+    """
+
+    c_in: int
+    c_out: int
+    stride: int
+    act: str
+    use_se: bool
+    kernels: tuple[int, ...]
+    expands: tuple[int, ...]
+    impl: str
+
+    def mids(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(mid channels per expand choice, SE channels per expand choice)."""
+        mids = tuple(ss.make_divisible(round(self.c_in * v), 8) for v in self.expands)
+        return mids, tuple(ss.make_divisible(m // 4, 8) for m in mids)
+
+    def out_hw(self, x) -> tuple[int, int]:
         return tuple((v - 1) // self.stride + 1 for v in x.shape[1:3])
 
-    @nn.nowrap
-    def _branch(self, m, se, kernels, mode, x, p, k_idx):
-        """One expand choice (m mid channels, se SE channels), static shapes.
 
-        Returns (y [N, H', W', c_out], {bn name: (mean, var) padded to the
-        max channels} or None in eval mode).
-        """
-        act = layers.activation(self.act)
-        stats = {}
+def switch_stat_masks(spec: SwitchSpec, e: jax.Array, gate: jax.Array
+                      ) -> dict[str, jax.Array]:
+    """{BN name: bool[C]}: the channels whose statistics subnet (e, gate) sets."""
+    mids = spec.mids()[0]
+    mmask = layers.channel_mask(_select(e, spec.expands, mids), max(mids))
+    return {"expand_bn": mmask & gate, "depthwise_bn": mmask & gate,
+            "project_bn": jnp.ones((spec.c_out,), bool) & gate}
 
-        def bn(h, name, c):
-            scale, bias, mean, var = (v[:c] for v in p["bn"][name])
-            h, st = layers.batch_norm(h, scale, bias, mean, var, mode)
-            if st is not None:
-                pad = p["bn"][name][0].shape[0] - c
-                stats[name] = tuple(jnp.pad(v, (0, pad)) for v in st)
-            return h
 
-        h = act(bn(layers.pointwise(x, p["w"][..., :m]), "expand_bn", m))
-        kernel, mats = p["dw"]
-        kernel = kernel[..., :m]
+def _record_stats(bns, spec, mode, stats, e, gate) -> None:
+    if stats is None:
+        return
+    masks = switch_stat_masks(spec, e, gate)
+    for n, bn in bns.items():
+        bn(mode, stats[n], masks[n])
 
-        def conv(size, h, kernel, mats):
-            kern = layers.transformed_kernels(kernel, mats, kernels, size)[size]
-            return layers.depthwise_conv(h, kern, self.stride, self.impl)
 
-        convs = [functools.partial(conv, size) for size in kernels]
-        h = jax.lax.switch(k_idx, convs, h, kernel, mats)
-        h = act(bn(h, "depthwise_bn", m))
-        if self.use_se:
-            wr, br, we, be = p["se"]
-            s = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ wr[0, 0, :m, :se]
-                            + br[None, :se])
-            s = jax.nn.hard_sigmoid(s @ we[0, 0, :se, :m] + be[None, :m])
-            h = h * s[:, None, None, :]
-        h = layers.pointwise(h, p["wp"][:, :, :m, :])
-        h = bn(h, "project_bn", self.c_out)
-        return h, (stats if mode != "eval" else None)
+def switch_apply(spec: SwitchSpec, mode: str, skippable: bool, x: jax.Array, p,
+                 k: jax.Array, e: jax.Array, gate: jax.Array):
+    """Pure "switch" forward of one elastic block (no residual).
+
+    `lax.switch` over the expand choices (custom VJP recomputing the taken
+    branch), inside it over the kernel sizes; for a `skippable` block a
+    `lax.cond` on `gate` (a skipped block returns zeros and zero statistics).
+
+    Args:
+      x: float32[N, H, W, c_in]; p: the arrays of `ElasticBlock._switch_params`.
+      k, e: traced int32 kernel size and expand ratio; gate: traced bool.
+
+    Returns:
+      (y float32[N, H', W', c_out], {BN name: (mean, var) padded to the max
+      channels} or None in "eval" mode).
+    """
+    mids, se_mids = spec.mids()
+    mid_max = max(mids)
+    k_idx = _select(k, spec.kernels, tuple(range(len(spec.kernels))))
+    e_idx = _select(e, spec.expands, tuple(range(len(spec.expands))))
+    branches = tuple(functools.partial(_branch, spec, m, se, mode)
+                     for m, se in zip(mids, se_mids))
+
+    def run(x, p, k_idx):
+        return _switch_recompute(branches, e_idx, k_idx, x, p)
+
+    if not skippable:
+        return run(x, p, k_idx)
+
+    def skip(x, p, k_idx):
+        y = jnp.zeros(x.shape[:1] + spec.out_hw(x) + (spec.c_out,), x.dtype)
+        if mode == "eval":
+            return y, None
+        z = {"expand_bn": mid_max, "depthwise_bn": mid_max, "project_bn": spec.c_out}
+        return y, {n: (jnp.zeros((c,)), jnp.zeros((c,))) for n, c in z.items()}
+    return jax.lax.cond(gate, run, skip, x, p, k_idx)
+
+
+def _branch(spec, m, se, mode, x, p, k_idx):
+    """One expand choice (m mid channels, se SE channels), static shapes.
+
+    Returns (y [N, H', W', c_out], {bn name: (mean, var) padded to the
+    max channels} or None in eval mode).
+    """
+    act = layers.activation(spec.act)
+    kernels = spec.kernels
+    stats = {}
+
+    def bn(h, name, c):
+        scale, bias, mean, var = (v[:c] for v in p["bn"][name])
+        h, st = layers.batch_norm(h, scale, bias, mean, var, mode)
+        if st is not None:
+            pad = p["bn"][name][0].shape[0] - c
+            stats[name] = tuple(jnp.pad(v, (0, pad)) for v in st)
+        return h
+
+    h = act(bn(layers.pointwise(x, p["w"][..., :m]), "expand_bn", m))
+    kernel, mats = p["dw"]
+    kernel = kernel[..., :m]
+
+    def conv(size, h, kernel, mats):
+        kern = layers.transformed_kernels(kernel, mats, kernels, size)[size]
+        return layers.depthwise_conv(h, kern, spec.stride, spec.impl)
+
+    convs = [functools.partial(conv, size) for size in kernels]
+    h = jax.lax.switch(k_idx, convs, h, kernel, mats)
+    h = act(bn(h, "depthwise_bn", m))
+    if spec.use_se:
+        wr, br, we, be = p["se"]
+        s = jax.nn.relu(jnp.mean(h, axis=(1, 2)) @ wr[0, 0, :m, :se]
+                        + br[None, :se])
+        s = jax.nn.hard_sigmoid(s @ we[0, 0, :se, :m] + be[None, :m])
+        h = h * s[:, None, None, :]
+    h = layers.pointwise(h, p["wp"][:, :, :m, :])
+    h = bn(h, "project_bn", spec.c_out)
+    return h, (stats if mode != "eval" else None)

@@ -2,6 +2,7 @@
 `ofa` in train mode and `set_running_statistics`), depthwise implementations."""
 
 import copy
+import dataclasses
 
 import chex
 import flax
@@ -317,6 +318,52 @@ def test_switch_equals_masked(tiny):
     sampled = supernet.sample_arch_arrays(TINY, jax.random.key(3), 3)
     for i in range(3):
         probes["switch"](variables, x, y, jax.tree.map(lambda a: a[i], sampled))
+
+
+def test_switch_scan_over_stage_blocks_equals_masked():
+    """With 3 slots per stage, "switch" runs slots 1-2 of each stage as one
+    `lax.scan` over their stacked variables: same logits, BN updates,
+    collect-mode statistics and gradients as "masked", for subnets that skip,
+    keep or mix the scanned slots."""
+    space = dataclasses.replace(TINY, depths=(1, 2, 3))
+    assert [len(g) for g in supernet._block_groups(space.blocks(1.0), True)] == [
+        1, 2, 1, 2]
+    model, variables = supernet.init_supernet(space, 1.0, 10, jax.random.key(1),
+                                              depthwise_impl="conv",
+                                              dropout_rate=0.0)
+    variables["batch_stats"] = jax.tree.map(
+        lambda v: v + 0.3 * jax.random.uniform(jax.random.key(v.size), v.shape),
+        variables["batch_stats"])
+    chex.clear_trace_counter()
+    probes = {"masked": _switch_probe(model.clone(exec_mode="masked")),
+              "scan": _switch_probe(model.clone(exec_mode="switch"))}
+    x = jax.random.normal(jax.random.key(9), (4, 32, 32, 3))
+    y = jnp.arange(4) % 10
+    for ks, e, d in [([3, 5, 7, 5, 3, 7], [3, 4, 6, 3, 6, 4], [2, 3]),
+                     ([7, 3, 5, 7, 5, 3], [6, 3, 4, 6, 3, 4], [3, 1]),
+                     ([5, 7, 3, 3, 7, 5], [4, 6, 3, 4, 4, 6], [1, 2])]:
+        arrays = ss.Arch.from_ofa(ks, e, d, 32, 1.0, space).as_arrays()
+        want = probes["masked"](variables, x, y, arrays)
+        got = probes["scan"](variables, x, y, arrays)
+        assert jax.tree.structure(want) == jax.tree.structure(got)
+        for name, a, b in zip(("eval logits", "train logits", "batch_stats",
+                               "grads"), want[:4], got[:4]):
+            top = max(float(jnp.abs(u).max()) for u in jax.tree.leaves(a))
+            for (path, u), v in zip(jax.tree_util.tree_leaves_with_path(a),
+                                    jax.tree.leaves(b)):
+                np.testing.assert_allclose(
+                    v, u, rtol=0, atol=2e-5 * float(jnp.abs(u).max()) + 1e-6 * top,
+                    err_msg=f"{name} {jax.tree_util.keystr(path)} {d}")
+        flat_w = flax.traverse_util.flatten_dict(want[4])
+        flat_g = flax.traverse_util.flatten_dict(got[4])
+        for path in flat_w:
+            if path[-1] == "mask":
+                np.testing.assert_array_equal(flat_g[path], flat_w[path])
+            else:
+                m = flat_w[path[:-1] + ("mask",)]
+                np.testing.assert_allclose(
+                    np.where(m, flat_g[path], 0), np.where(m, flat_w[path], 0),
+                    rtol=1e-5, atol=1e-6, err_msg=str(path))
 
 
 def test_switch_recalibrate_and_predict_match_masked(tiny):
