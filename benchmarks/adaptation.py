@@ -10,7 +10,9 @@ per subnet (and subnets/minute) of `evaluation.evaluate_subnets` (BN
 re-calibration + validation), one subnet per compiled call in the default
 single-subnet mode ("switch" on CPU) and in "masked", side by side, and
 several subnets per call (vmap). Compiles are excluded
-(a warm-up call first).
+(a warm-up call first). Then the training step in each
+`AdaptConfig.exec_mode` ("masked", the default, and "switch"), 1 device,
+side by side: images/second and compile seconds.
 """
 
 import argparse
@@ -41,7 +43,7 @@ def child(args):
     genes = np.array(space.sample(jax.random.key(1), 100))
     genes[:, 0] = space.resolution_index(res)
     probs = ad.gene_distribution(space, genes, floor=0.0)
-    cfg = ad.AdaptConfig()
+    cfg = ad.AdaptConfig(exec_mode=args.train_exec_mode)
     mesh = sharding.data_mesh()
     out = {"devices": len(jax.devices()), "resolution": res}
     if args.mode in ("train", "both"):
@@ -82,8 +84,9 @@ def child(args):
     print("RESULT " + json.dumps(out))
 
 
-def run_child(devices, args, mode):
+def run_child(devices, args, mode, train_exec_mode="masked"):
     cmd = [sys.executable, "-m", "benchmarks.adaptation", "--child",
+           "--train_exec_mode", train_exec_mode,
            "--devices", str(devices), "--space", args.space, "--steps",
            str(args.steps), "--batch", str(args.batch), "--mode", mode,
            "--res_index", str(args.res_index), "--subnets", str(args.subnets)]
@@ -105,6 +108,10 @@ def main():
     p.add_argument("--subnets", type=int, default=8)
     p.add_argument("--devices", type=int, default=1)
     p.add_argument("--mode", default="both", choices=("train", "eval", "both"))
+    p.add_argument("--train_exec_mode", default="masked",
+                   choices=("masked", "switch"))
+    p.add_argument("--compare_exec_modes", type=int, default=1,
+                   help="1: also time the training step in 'switch' mode")
     p.add_argument("--child", action="store_true")
     args = p.parse_args()
     if args.child:
@@ -131,6 +138,13 @@ def main():
           f"1 device): {g1:.3f} s/subnet one per call, {g4:.3f} s/subnet "
           f"4 per call (vmap); ratio {g4 / g1:.2f}; of which BN "
           f"re-calibration {one['recal_s_per_subnet']:.3f} s/subnet")
+    if args.compare_exec_modes:
+        sw = run_child(1, args, "train", "switch")
+        print(f"training step, 1 device: masked {one['images_per_s']:.1f} img/s "
+              f"(compile {one['train_compile_s']:.1f} s), switch "
+              f"{sw['images_per_s']:.1f} img/s (compile "
+              f"{sw['train_compile_s']:.1f} s); switch/masked "
+              f"{sw['images_per_s'] / one['images_per_s']:.2f}x")
     print(f"load average {os.getloadavg()}")
 
 

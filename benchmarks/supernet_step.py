@@ -45,7 +45,9 @@ _RES = flags.DEFINE_integer("resolution", 160, "Input resolution.")
 _STEPS = flags.DEFINE_integer("steps", 6, "Timed steps (subnets) per measurement.")
 _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier (1.0 or 1.2).")
 _IMPLS = flags.DEFINE_list("impls", ["shift"], "nat-jax depthwise impls.")
-_MODES = flags.DEFINE_list("exec_modes", ["masked", "switch"], "nat-jax exec modes.")
+_MODES = flags.DEFINE_list(
+    "exec_modes", ["masked", "switch"],
+    "nat-jax exec modes; 'switch_unrolled' is switch without the stage scan.")
 _CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
 _RECAL = flags.DEFINE_bool("recal", False, "Time BN re-calibration instead.")
 
@@ -244,7 +246,10 @@ def main(argv):
     for impl in _IMPLS.value:
         for mode in _MODES.value:
             model, variables = pretrained.convert_state_dict(
-                sd, width, space=space, depthwise_impl=impl, exec_mode=mode)
+                sd, width, space=space, depthwise_impl=impl,
+                exec_mode=mode.split("_")[0])
+            if mode == "switch_unrolled":
+                model = model.clone(scan_blocks=False)
             rows.append((impl, mode) + bench_jax(
                 model, variables, archs, jnp.asarray(x), jnp.asarray(y)))
     tt2, te2 = bench_torch(net, archs, x, y)
@@ -252,7 +257,7 @@ def main(argv):
     tt, te = max(tt, tt2), max(te, te2)
     print(f"ratios against the faster torch run (train {tt:.1f}, eval {te:.1f}):")
     for impl, mode, jt, je, ct, ce in rows:
-        print(f"nat-jax {impl:5s} {mode:6s} train {jt:8.1f} img/s   eval {je:8.1f} "
+        print(f"nat-jax {impl:5s} {mode:15s} train {jt:8.1f} img/s   eval {je:8.1f} "
               f"img/s   (compile train {ct:.0f} s, eval {ce:.0f} s)   ratio vs "
               f"torch: train {jt / tt:.2f}x  eval {je / te:.2f}x")
 

@@ -171,7 +171,8 @@ def adapt_config(a) -> adaptation.AdaptConfig:
     return adaptation.AdaptConfig(
         lr=a.lr, lr_end=a.lr_end, momentum=a.momentum, nesterov=a.nesterov,
         weight_decay=a.weight_decay, label_smoothing=a.label_smoothing,
-        floor=a.floor, checkpoint_every=a.checkpoint_every)
+        floor=a.floor, checkpoint_every=a.checkpoint_every,
+        exec_mode=a.exec_mode)
 
 
 def eval_config(config) -> evaluation.EvalConfig:

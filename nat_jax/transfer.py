@@ -129,12 +129,14 @@ def run(config, workdir: str | os.PathLike) -> dict:
         with compile_cache.phase(times, "adapt"):
             r.states = adapt_round(r, archive, it)         # Algorithm 5
         with compile_cache.phase(times, "evaluate"):       # line 5
-            evaluate_pending(r, archive, it + 1, archive.working_at(it))
+            n_eval = evaluate_pending(r, archive, it + 1, archive.working_at(it))
         if it + 1 not in archive.working:
             with compile_cache.phase(times, "search"):     # lines 6-11
                 search(r, archive, it)
         with compile_cache.phase(times, "evaluate_new"):
-            evaluate_pending(r, archive, it + 1, archive.working_at(it + 1))
+            n_eval += evaluate_pending(r, archive, it + 1,
+                                       archive.working_at(it + 1))
+        _seconds_per_subnet(times, n_eval)
         record_iteration(r, archive, it, times)
     summary = finish(r, archive)                           # Appendix C picks
     workdir_lib.write_json(workdir / "progress.json", {"done": True})
@@ -349,12 +351,12 @@ def evaluate_pending(r: _Run, archive: Archive, version: int,
 
     Subnets are evaluated grouped by resolution and width (one compile
     each; each on its width's supernet) and the archive is saved after
-    every subnet, so a crash loses at most one. Returns the seconds taken.
+    every subnet, so a crash loses at most one. Returns how many subnets
+    were measured.
     """
     todo = archive.pending(version, among)
     if not todo:
-        return 0.0
-    t0 = time.time()
+        return 0
     prog = reporting.Progress(f"evaluate (weights v{version})", len(todo),
                               unit="subnet")
     count = [0]
@@ -373,7 +375,19 @@ def evaluate_pending(r: _Run, archive: Archive, version: int,
         mesh=r.mesh, progress=record, calibration=r.calibration)
     r.eta.observe("evaluate", prog.seconds_per_unit)
     _log_eta(r, archive, version - 1)
-    return time.time() - t0
+    return len(todo)
+
+
+def _seconds_per_subnet(times: dict, n: int) -> None:
+    """times["evaluate_s_per_subnet"]: evaluation seconds per measured subnet
+    of this iteration, compiles excluded (60 / it = subnets per minute)."""
+    if n:
+        phases = ("evaluate", "evaluate_new")
+        secs = sum(times.get(p, 0.0) - times.get(f"{p}_compile", 0.0)
+                   for p in phases)
+        times["evaluate_s_per_subnet"] = secs / n
+        logging.info("Evaluated %d subnets: %.1f subnets/min (compiles excluded)",
+                     n, 60.0 * n / max(secs, 1e-9))
 
 
 def rank_top(objectives, n: int, key: jax.Array) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Supernet adaptation: Eq. 3 sampler, active-weight gradients, data parallelism,
 bit-exact resume, NaN guard."""
 
+import dataclasses
 import functools
 
 import jax
@@ -198,6 +199,28 @@ def test_train_step_changes_only_active_weights():
         np.testing.assert_array_equal(a[~m], b[~m])
         assert np.all(mom[~m] == 0.0)
     assert int(new.step) == 1 and np.isfinite(float(metrics["loss"]))
+
+
+def test_switch_exec_mode_steps_like_masked():
+    """AdaptConfig.exec_mode="switch": two steps on different subnets give the
+    masked mode's parameters, momentum and BN statistics (fp tolerance: two
+    programs)."""
+    model, _ = _model()
+    mesh = sharding.data_mesh(jax.devices()[:1])
+    out = []
+    for mode in ("masked", "switch"):
+        cfg = dataclasses.replace(CFG, exec_mode=mode)
+        fn = ad.jitted_train_step(model, cfg, mesh)
+        state, loader = sharding.replicate(_fresh_state(), mesh), _loader()
+        for a in ARCHS[:2]:
+            arch = ss.Arch.from_ofa(*a, RES, 1.0, SPACE).as_arrays()
+            state, _ = fn(state, sharding.shard_batch(loader.next(RES), mesh), arch)
+        out.append(jax.tree.map(np.asarray, (state.params, state.batch_stats,
+                                             state.opt_state["momentum"])))
+    for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+    with pytest.raises(ValueError, match="exec_mode"):
+        ad.AdaptConfig(exec_mode="scan")
 
 
 # ------------------------------------------------- data parallelism

@@ -93,6 +93,10 @@ def test_complete_run_writes_everything(run_of, mode):
     metrics = [json.loads(line) for line in
                (full_run / "metrics.jsonl").read_text().splitlines()]
     assert sorted(working) == list(range(c.search.iterations + 1))
+    for m in metrics:  # phase seconds, their compiles, evaluation rate
+        t = m["times_s"]
+        assert {"adapt", "adapt_compile", "evaluate", "evaluate_new"} <= set(t)
+        assert 0 < t["evaluate_s_per_subnet"] <= t["evaluate"] + t["evaluate_new"]
     final = working[c.search.iterations]
     space = run_config.run_space(c)
     smallest = list(np.asarray(space.encode(space.min_arch(
