@@ -47,8 +47,10 @@ import numpy as np
 import optax
 
 from nat_jax import search_space as ss
-from nat_jax import sharding, training
+from nat_jax import sharding, supernet, training
 from nat_jax.active_weights import active_param_mask
+
+EXEC_MODES = supernet.EXEC_MODES  # AdaptConfig.exec_mode choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,9 +98,9 @@ class AdaptConfig:
     exec_mode: str = "masked"
 
     def __post_init__(self):
-        if self.exec_mode not in ("masked", "switch"):
-            raise ValueError(f"exec_mode must be 'masked' or 'switch', got "
-                             f"{self.exec_mode!r}.")
+        if self.exec_mode not in EXEC_MODES:
+            raise ValueError(f"exec_mode must be one of {EXEC_MODES}, "
+                             f"got {self.exec_mode!r}.")
         if not 0.0 <= self.floor <= 1.0:
             raise ValueError(f"floor must be in [0, 1], got {self.floor}.")
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -350,6 +350,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "adapt.floor": _real(0.0, 1.0),
     "adapt.checkpoint_every": _int(1),
     "adapt.max_steps_per_epoch": _int(0),
+    "adapt.exec_mode": _choice(adaptation.EXEC_MODES),
     "eval.batch_size": _int(1),
     "eval.calib_images": _int(1),
     "eval.calib_batch_size": _int(1),

@@ -289,6 +289,7 @@ def test_every_config_field_is_validated(variant):
     ("search.sample_fraction", 0.0, "(0.0, 1.0]"),
     ("adapt.momentum", 1.0, "[0.0, 1.0)"),
     ("adapt.nesterov", 1, "true or false"),
+    ("adapt.exec_mode", "scan", "one of ['masked', 'switch']"),
     ("final.tradeoff_variant", "max", "one of ['paper', 'authors', 'all']"),
     ("space", "mbv2", "one of ['ofa_mbv3', 'tiny', 'small']"),
     ("search.archive_update", "grow", "one of ['paper', 'authors']"),
