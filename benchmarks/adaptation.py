@@ -42,6 +42,7 @@ def child(args):
     ds = data.load(data.EMBEDDED)
     genes = np.array(space.sample(jax.random.key(1), 100))
     genes[:, 0] = space.resolution_index(res)
+    genes[:, 1] = 0  # the width of `model` (one supernet here)
     probs = ad.gene_distribution(space, genes, floor=0.0)
     cfg = ad.AdaptConfig(exec_mode=args.train_exec_mode)
     mesh = sharding.data_mesh()
