@@ -156,25 +156,49 @@ def _shift_bwd(stride, res, dy):
                        (k - 1, k - 1 + wi, stride - 1), (0, 0, 0)))
     dxp = _shift_add(dyp, kernel[::-1, ::-1], 1, hp, wp)
     dx = dxp[:, p:p + h, p:p + w, :]
-    # dk[i, j, c] = sum_{n,a,b} xp[n, i + s a, j + s b, c] dy[n, a, b, c]: per
-    # row offset i one batched matmul over (n, a) gives m[c, b, v] for all
-    # columns v; tap j is the strided diagonal v = j + s b (2.4x faster on
-    # XLA:CPU than 49 separate reductions). Flattened, m[c, b, j + s b] sits at
-    # b (wp + s) + j: padded to wo (wp + s) entries and viewed as [c, wo,
-    # wp + s], the k taps of row i are columns :k summed over b (one slice
-    # instead of k gathers; every index read is < wo * wp since s (wo - 1) <= w - 1).
+    return dx, _depthwise_kernel_grad(xp, dy, k, stride).reshape(kernel.shape)
+
+
+def _depthwise_kernel_grad(xp: jax.Array, dy: jax.Array, k: int, stride: int,
+                           blocks: int | None = None) -> jax.Array:
+    """dk[i, j, c] = sum_{n,a,b} xp[n, i + s a, j + s b, c] dy[n, a, b, c].
+
+    Per kernel row i one batched matmul over (n, a) gives m[c, b, v] for the
+    output columns b and input columns v; tap j is the strided diagonal
+    v = j + s b (2.4x faster on XLA:CPU than k*k separate reductions).
+    Flattened, m[c, b, j + s b] sits at b (W + s) + j (W = input columns of
+    the matmul): padded to B (W + s) entries and viewed as [c, B, W + s], the
+    k taps of row i are columns :k summed over b (one slice instead of k
+    gathers; every index read is < B W). The matmul computes all B x W
+    column pairs but needs only B x k: for stride 1 and a wide input
+    (W >= 6k) the output columns are cut into 3 blocks, each multiplied only
+    with the input columns it reads (0.8x the time at 48-96 px; with stride
+    2 it measured up to 1.8x slower, so one block;
+    `python -m benchmarks.layer_times`). `blocks` overrides that choice.
+    """
+    n, _, wp, c = xp.shape
+    ho, wo = dy.shape[1], dy.shape[2]
     xt = jnp.transpose(xp, (3, 0, 1, 2))
     dt = jnp.transpose(dy, (3, 0, 1, 2))
-    dk = []
-    for i in range(k):
-        rows = jax.lax.slice(xt, (0, 0, i, 0), (c, n, i + stride * (ho - 1) + 1, wp),
-                             (1, 1, stride, 1))
-        m = jax.lax.dot_general(dt, rows, (((1, 2), (1, 2)), ((0,), (0,))),
-                                precision=jax.lax.Precision.HIGHEST)
-        m = jnp.pad(m.reshape(c, wo * wp), ((0, 0), (0, wo * stride)))
-        m = m.reshape(c, wo, wp + stride)[:, :, :k]
-        dk.append(m.sum(1))  # [c, k]: taps (i, 0..k-1)
-    return dx, jnp.transpose(jnp.stack(dk), (0, 2, 1)).reshape(kernel.shape)
+    if blocks is None:
+        blocks = 3 if stride == 1 and wp >= 6 * k and wo >= 3 else 1
+    size = -(-wo // blocks)
+    dk = [None] * k
+    for b0 in range(0, wo, size):
+        b1 = min(wo, b0 + size)
+        v0, v1 = stride * b0, stride * (b1 - 1) + k  # <= wp
+        bw, width = b1 - b0, v1 - v0
+        d = dt if blocks == 1 else jax.lax.slice_in_dim(dt, b0, b1, axis=3)
+        for i in range(k):
+            rows = jax.lax.slice(xt, (0, 0, i, v0),
+                                 (c, n, i + stride * (ho - 1) + 1, v1),
+                                 (1, 1, stride, 1))
+            m = jax.lax.dot_general(d, rows, (((1, 2), (1, 2)), ((0,), (0,))),
+                                    precision=jax.lax.Precision.HIGHEST)
+            m = jnp.pad(m.reshape(c, bw * width), ((0, 0), (0, bw * stride)))
+            m = m.reshape(c, bw, width + stride)[:, :, :k].sum(1)  # [c, k]
+            dk[i] = m if dk[i] is None else dk[i] + m
+    return jnp.transpose(jnp.stack(dk), (0, 2, 1))  # [k (i), k (j), c]
 
 
 _shift_depthwise.defvjp(_shift_fwd, _shift_bwd)
