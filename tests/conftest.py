@@ -16,7 +16,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 # ---------------------------------------------------------------- markers
-# The fast inner loop is `python -m pytest -q -m "not slow"` (under 2 minutes on
+# The fast inner loop is `python -m pytest -q -n auto -m "not slow"` (under 2 minutes on
 # 2 cores). `slow` = over ~2.5 s on a loaded 2-core machine (pytest
 # --durations), or a module whose tests share an expensive fixture (a whole
 # transfer / fine-tuning run). Regenerate after big changes:
