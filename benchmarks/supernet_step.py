@@ -6,10 +6,9 @@ batch size and resolution, on this machine in one run:
   (b) an eval forward (running-stat BN, no gradients).
 PyTorch uses `set_active_subnet` (it runs only the active subnet); nat-jax
 runs one jitted program per resolution, either "masked" (pays for the
-largest block of every active block; skipped blocks under lax.cond) or
-"switch" (lax.cond / lax.switch per block: only the active branch runs).
-Compile time is reported separately and excluded from the rates. PyTorch is
-timed before and after the nat-jax runs (load drift).
+largest subnet) or "switch" (lax.cond / lax.switch per block: only the
+active branch runs). Compile time is reported separately and excluded from
+the rates. PyTorch is timed before and after the nat-jax runs (load drift).
 
 With --recal instead: seconds per subnet of `supernet.recalibrate_bn` (one
 jitted forward + accumulation per batch) against the previous eager form
