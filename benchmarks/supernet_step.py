@@ -47,8 +47,7 @@ _WIDTH = flags.DEFINE_float("width", 1.0, "Width multiplier (1.0 or 1.2).")
 _IMPLS = flags.DEFINE_list("impls", ["shift"], "nat-jax depthwise impls.")
 _MODES = flags.DEFINE_list(
     "exec_modes", ["masked", "switch"],
-    "nat-jax exec modes; 'switch_unrolled' is switch without the stage scan, "
-    "'masked_noskip' masked without lax.cond over skipped blocks.")
+    "nat-jax exec modes; 'switch_unrolled' is switch without the stage scan.")
 _CLASSES = flags.DEFINE_integer("num_classes", 1000, "Classifier outputs.")
 _RECAL = flags.DEFINE_bool("recal", False, "Time BN re-calibration instead.")
 
@@ -251,8 +250,6 @@ def main(argv):
                 exec_mode=mode.split("_")[0])
             if mode == "switch_unrolled":
                 model = model.clone(scan_blocks=False)
-            if mode == "masked_noskip":
-                model = model.clone(skip_blocks=False)
             rows.append((impl, mode) + bench_jax(
                 model, variables, archs, jnp.asarray(x), jnp.asarray(y)))
     tt2, te2 = bench_torch(net, archs, x, y)

@@ -92,10 +92,6 @@ class Supernet(nn.Module):
         variables stacked at apply time (the parameter tree is unchanged):
         one copy of the block in the program instead of one per slot, about
         half the trace and compile time. False unrolls them (same results).
-      skip_blocks: in "masked" mode (BN modes "train" and "eval"), run each
-        skippable block under `lax.cond` on its depth gate, so blocks past a
-        stage's depth cost nothing (the block itself stays masked). False
-        computes them and discards the result (same results).
     """
 
     space: ss.SearchSpace
@@ -105,7 +101,6 @@ class Supernet(nn.Module):
     depthwise_impl: str | None = None
     exec_mode: str | None = None
     scan_blocks: bool = True
-    skip_blocks: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, arch: dict[str, jax.Array], train: bool = False,
@@ -154,34 +149,17 @@ class Supernet(nn.Module):
         c_in = ch.first_block
         scan = (exec_mode == "switch" and self.scan_blocks
                 and not self.is_initializing())
-        skip = (exec_mode == "masked" and self.skip_blocks and mode != "collect"
-                and not self.is_initializing())
         for group in _block_groups(sp.blocks(self.width), scan):
             blocks, gates = [], []
-
-            def make(slot, parent=None):
-                kw = {} if parent is None else {"parent": parent}
-                return ElasticBlock(
-                    c_in=slot.c_in, c_out=slot.c_out, stride=slot.stride,
-                    act=slot.act, use_se=slot.use_se, kernels=sp.kernels,
-                    expands=sp.expands, impl=impl, exec_mode=exec_mode,
-                    skippable=slot.skippable, name=f"block_{slot.index + 1}", **kw)
             for slot in group:
                 gates.append(arch["d"][slot.stage] > slot.position
                               if slot.skippable else yes)
-                if not (skip and slot.skippable):
-                    blocks.append(make(slot))
-            if skip and group[0].skippable:
-                slot, b = group[0], group[0].index
-                k, e, g = arch["ks"][b], arch["e"][b], gates[0]
-
-                def run(mdl, x, slot=slot, k=k, e=e, g=g):
-                    return x + make(slot, mdl)(x, k, e, g, mode)
-
-                def keep(mdl, x):
-                    return x
-                x = nn.cond(g, run, keep, self, x)
-            elif len(group) > 1:
+                blocks.append(ElasticBlock(
+                    c_in=slot.c_in, c_out=slot.c_out, stride=slot.stride,
+                    act=slot.act, use_se=slot.use_se, kernels=sp.kernels,
+                    expands=sp.expands, impl=impl, exec_mode=exec_mode,
+                    skippable=slot.skippable, name=f"block_{slot.index + 1}"))
+            if len(group) > 1:
                 x = _scan_blocks(blocks, group, gates, x, arch, mode)
             else:
                 slot, b = group[0], group[0].index

@@ -275,32 +275,6 @@ def _switch_probe(model):
     return probe
 
 
-def test_masked_skip_blocks_equals_computing_them(tiny):
-    """Masked mode's lax.cond over skipped blocks (skip_blocks=True) gives the
-    logits, gradients and BN running-stat updates of computing every block
-    and discarding the skipped ones (skip_blocks=False), at depths that skip
-    (d=1) and that do not (d=2)."""
-    model, variables = tiny
-    x = jax.random.normal(jax.random.key(4), (4, 40, 40, 3))
-    for d in ([1, 1], [2, 1], [2, 2]):
-        arch = ss.Arch.from_ofa([3, 5, 7, 5], [3, 4, 6, 3], d, 40, 1.0, TINY)
-        a = arch.as_arrays()
-        outs = []
-        for skip in (True, False):
-            m = model.clone(exec_mode="masked", skip_blocks=skip)
-
-            def loss(p, m=m):
-                y, upd = m.apply({"params": p, "batch_stats": variables["batch_stats"]},
-                                 x, a, train=True, rngs={"dropout": jax.random.key(0)},
-                                 mutable=["batch_stats"])
-                return jnp.sum(y ** 2), upd
-            (val, upd), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(
-                variables["params"])
-            outs.append((val, upd, g, m.apply(variables, x, a)))
-        for u, v in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
-            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
-
-
 def test_switch_equals_masked(tiny):
     from nat_jax import active_weights
 
