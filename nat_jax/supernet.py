@@ -48,10 +48,10 @@ def default_exec_mode(single_subnet_eval: bool = False) -> str:
     "switch" for forward-only single-subnet calls (`predict`,
     `recalibrate_bn`, `evaluation.evaluate_subnets` with one subnet per
     call) on CPU, where it measured 1.5x the masked eval rate;
-    "masked" otherwise: training steps (switch measured 1.5-2.3x faster per
-    step on CPU but, even with the stage scan, compiles ~3x longer: ~115 s
-    of CPU vs ~34 s for OFA w1.0 at 192 px, over the 60 s per resolution
-    target; pass it explicitly for long runs at few resolutions),
+    "masked" otherwise: training steps (switch measured 1.5-1.8x faster per
+    step on CPU but, even with the stage scan, compiles ~3x longer: 64-68 s
+    vs 22 s for OFA w1.0 at 192 px, over the 60 s per resolution target;
+    `AdaptConfig.exec_mode="switch"` for long runs at few resolutions),
     vmapped evaluation (switch would compute every branch), and other
     backends (not measured).
     """
