@@ -87,8 +87,7 @@ class ElasticBlock(nn.Module):
 
     @nn.nowrap
     def _mids(self):
-        mids = tuple(ss.make_divisible(round(self.c_in * v), 8) for v in self.expands)
-        return mids, tuple(ss.make_divisible(m // 4, 8) for m in mids)
+        return self.spec().mids()
 
     @nn.compact
     def __call__(self, x, k, e, gate, mode, phase=None, stats=None):

@@ -275,6 +275,20 @@ def _switch_probe(model):
     return probe
 
 
+def _assert_collected_equal(want, got):
+    """Collect-mode bn_stats: equal masks, equal statistics where set."""
+    flat_w = flax.traverse_util.flatten_dict(want)
+    flat_g = flax.traverse_util.flatten_dict(got)
+    for path in flat_w:
+        if path[-1] == "mask":
+            np.testing.assert_array_equal(flat_g[path], flat_w[path])
+        else:
+            m = flat_w[path[:-1] + ("mask",)]
+            np.testing.assert_allclose(
+                np.where(m, flat_g[path], 0), np.where(m, flat_w[path], 0),
+                rtol=1e-5, atol=1e-6, err_msg=str(path))
+
+
 def test_switch_equals_masked(tiny):
     from nat_jax import active_weights
 
@@ -306,17 +320,9 @@ def test_switch_equals_masked(tiny):
                                 jax.tree.leaves(active)):
             assert not np.any(np.where(m, 0.0, g)), jax.tree_util.keystr(path)
         # collect mode: same masks, same statistics where the mask is set
-        flat_w = flax.traverse_util.flatten_dict(want[4])
-        flat_g = flax.traverse_util.flatten_dict(got[4])
-        assert flat_w.keys() == flat_g.keys()
-        for path in flat_w:
-            if path[-1] == "mask":
-                np.testing.assert_array_equal(flat_g[path], flat_w[path])
-            else:
-                m = flat_w[path[:-1] + ("mask",)]
-                np.testing.assert_allclose(
-                    np.where(m, flat_g[path], 0), np.where(m, flat_w[path], 0),
-                    rtol=1e-5, atol=1e-6, err_msg=str(path))
+        assert (flax.traverse_util.flatten_dict(want[4]).keys()
+                == flax.traverse_util.flatten_dict(got[4]).keys())
+        _assert_collected_equal(want[4], got[4])
     # one compile served every subnet (assert_max_traces would have raised)
     sampled = supernet.sample_arch_arrays(TINY, jax.random.key(3), 3)
     for i in range(3):
@@ -357,16 +363,7 @@ def test_switch_scan_over_stage_blocks_equals_masked():
                 np.testing.assert_allclose(
                     v, u, rtol=0, atol=2e-5 * float(jnp.abs(u).max()) + 1e-6 * top,
                     err_msg=f"{name} {jax.tree_util.keystr(path)} {d}")
-        flat_w = flax.traverse_util.flatten_dict(want[4])
-        flat_g = flax.traverse_util.flatten_dict(got[4])
-        for path in flat_w:
-            if path[-1] == "mask":
-                np.testing.assert_array_equal(flat_g[path], flat_w[path])
-            else:
-                m = flat_w[path[:-1] + ("mask",)]
-                np.testing.assert_allclose(
-                    np.where(m, flat_g[path], 0), np.where(m, flat_w[path], 0),
-                    rtol=1e-5, atol=1e-6, err_msg=str(path))
+        _assert_collected_equal(want[4], got[4])
 
 
 def test_switch_recalibrate_and_predict_match_masked(tiny):
