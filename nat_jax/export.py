@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
-from nat_jax import checkpoint, supernet_set
+from nat_jax import checkpoint, cpu_kernels, supernet_set
 from nat_jax import search_space as ss
 from nat_jax import subnet as subnet_lib
 
@@ -241,7 +241,8 @@ def export_stablehlo(model: subnet_lib.Subnet, variables: Mapping, resolution: i
         batch = int(batch_size)
     spec = jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32)
     try:
-        exp = jax_export.export(fn, platforms=platforms)(spec)
+        with cpu_kernels.disabled():  # portable ops only (no local library)
+            exp = jax_export.export(fn, platforms=platforms)(spec)
     except ImportError as err:  # pragma: no cover - missing optional dependency
         raise ValueError(f"jax.export needs an extra package: {err}") from None
     if path is not None:

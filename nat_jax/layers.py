@@ -13,9 +13,11 @@ serves every subnet of a resolution.
   positions, not channels.
 * `ElasticDepthwise`: OFA's kernel transform (7x7 raw, 5x5 = M_7to5 @ centre
   of the 7x7, 3x3 = M_5to3 @ centre of the transformed 5x5), zero-padded into
-  the largest kernel and run with symmetric `k // 2` padding.
-* `depthwise_conv`: "conv" (XLA grouped convolution) or "shift" (shift and
-  add over kernel taps; about 10x faster on XLA:CPU).
+  the largest kernel and run with symmetric `k // 2` padding; the C++
+  kernels compute only the active size's taps.
+* `depthwise_conv`: "conv" (XLA grouped convolution) or "shift" (on CPU the
+  C++ kernels of `cpu_kernels`; where they cannot build, shift and add over
+  kernel taps in lax ops, about 10x faster than "conv" on XLA:CPU).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from nat_jax import cpu_kernels
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
@@ -58,13 +62,22 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
 
 
 def default_depthwise_impl() -> str:
-    """Shift-and-add on CPU (measured ~10x faster there), grouped conv elsewhere."""
+    """"shift" on CPU (the C++ kernels of `cpu_kernels`, or shift-and-add
+    where they cannot build: both much faster there than XLA's grouped
+    convolution), grouped conv elsewhere."""
     return "shift" if jax.default_backend() == "cpu" else "conv"
 
 
 def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """1x1 convolution. x: [N, H, W, C_in], kernel: [1, 1, C_in, C_out]."""
-    return jnp.matmul(x, kernel[0, 0])
+    """1x1 convolution. x: [N, H, W, C_in], kernel: [1, 1, C_in, C_out].
+
+    One 2-D matmul over the flattened positions: XLA:CPU's kernel gradient
+    of the 4-D form (a contraction over n, h, w) took 2-7x the whole
+    forward + backward of this one (`python -m benchmarks.layer_times`).
+    """
+    k = kernel[0, 0]
+    y = jnp.matmul(x.reshape(-1, x.shape[-1]), k)
+    return y.reshape(x.shape[:-1] + (k.shape[-1],))
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -75,16 +88,21 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, impl: str
-                   ) -> jax.Array:
+def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, impl: str,
+                   active: jax.Array | int | None = None) -> jax.Array:
     """Depthwise conv, symmetric k//2 padding.
 
     Args:
       x: [N, H, W, C].
       kernel: [k, k, 1, C] (HWIO with one input channel per group).
       stride: 1 or 2.
-      impl: "conv" (grouped XLA convolution) or "shift" (sum of k*k shifted,
-        strided slices times per-channel taps).
+      impl: "conv" (grouped XLA convolution) or "shift": on CPU the C++
+        kernels of `cpu_kernels` (float32, where they build), else a sum of
+        k*k shifted, strided slices times per-channel taps.
+      active: None, or an odd int (may be traced) promising that only the
+        centre active x active taps of `kernel` are non-zero (a smaller
+        elastic kernel padded to k): the C++ kernels then skip the other
+        taps, and report a zero gradient for them (the padding's gradient).
 
     Returns:
       [N, (H - 1) // stride + 1, (W - 1) // stride + 1, C].
@@ -99,7 +117,34 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, impl: str
     if impl != "shift":
         raise ValueError(
             f"Unknown depthwise_impl {impl!r}; allowed: {DEPTHWISE_IMPLS}.")
+    if (x.dtype == kernel.dtype == jnp.float32 and k % 2
+            and cpu_kernels.available()):
+        act = jnp.asarray(k if active is None else active, jnp.int32)
+        return _ffi_depthwise(x, kernel, act, stride)
     return _shift_depthwise(x, kernel, stride)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _ffi_depthwise(x, kernel, active, stride):
+    k, c = kernel.shape[0], kernel.shape[-1]
+    return cpu_kernels.depthwise_forward(x, kernel.reshape(k, k, c), stride,
+                                         active)
+
+
+def _ffi_fwd(x, kernel, active, stride):
+    return _ffi_depthwise(x, kernel, active, stride), (x, kernel, active)
+
+
+def _ffi_bwd(stride, res, dy):
+    x, kernel, active = res
+    k, c = kernel.shape[0], kernel.shape[-1]
+    w = kernel.reshape(k, k, c)
+    dx = cpu_kernels.depthwise_input_grad(dy, w, stride, x.shape, active)
+    dk = cpu_kernels.depthwise_kernel_grad(x, dy, k, stride, active)
+    return dx, dk.reshape(kernel.shape), None
+
+
+_ffi_depthwise.defvjp(_ffi_fwd, _ffi_bwd)
 
 
 def _shift_add(xp: jax.Array, kernel: jax.Array, stride: int, ho: int, wo: int
@@ -381,4 +426,7 @@ class ElasticDepthwise(nn.Module):
             p = (kmax - size) // 2
             padded = jnp.pad(kern, ((p, p), (p, p), (0, 0), (0, 0)))
             eff = jnp.where(k == size, padded, eff)
-        return depthwise_conv(x, eff, self.stride, self.impl)
+        # the taps outside the active size are zero (for a size outside the
+        # space eff is all zero; any active size is then exact)
+        active = jnp.where(jnp.isin(k, jnp.asarray(ks)), k, kmax)
+        return depthwise_conv(x, eff, self.stride, self.impl, active=active)
