@@ -48,12 +48,9 @@ def default_exec_mode(single_subnet_eval: bool = False) -> str:
     "switch" for forward-only single-subnet calls (`predict`,
     `recalibrate_bn`, `evaluation.evaluate_subnets` with one subnet per
     call) on CPU, where it measured 1.5x the masked eval rate;
-    "masked" otherwise: training steps (switch measured 1.5-1.8x faster per
-    step on CPU but, even with the stage scan, compiles ~3x longer: 64-68 s
-    vs 22 s for OFA w1.0 at 192 px, over the 60 s per resolution target;
-    `AdaptConfig.exec_mode="switch"` for long runs at few resolutions),
-    vmapped evaluation (switch would compute every branch), and other
-    backends (not measured).
+    "masked" otherwise: direct `apply` calls (adaptation's training step
+    takes `AdaptConfig.exec_mode`, "switch" by default), vmapped evaluation
+    (switch would compute every branch), and other backends (not measured).
     """
     if single_subnet_eval and jax.default_backend() == "cpu":
         return "switch"

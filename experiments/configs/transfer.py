@@ -96,8 +96,8 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         floor=0.0,                     # Eq. 3 uniform mixture (0 = Eq. 3 as printed)
         checkpoint_every=200,          # steps
         max_steps_per_epoch=0,         # 0 = full epochs
-        exec_mode="masked",            # training step: masked | switch (faster
-                                       # steps on CPU, ~3x compile per resolution)
+        exec_mode="switch",            # training step: switch (only the sampled
+                                       # subnet's branches) | masked
     ))
     # evaluation.EvalConfig (BN re-calibration + validation top-1/top-5).
     c.eval = ml_collections.ConfigDict(dict(
