@@ -3,7 +3,8 @@ r"""Where a supernet training step's time goes: layer by layer vs PyTorch.
 At the shapes of OFA MobileNetV3 w1.0 blocks (batch 8, 192 px input), side by
 side in one run, milliseconds per call (jitted; PyTorch with its own threads):
 
-  - 1x1 convolution, forward + both gradients: `layers.pointwise` vs
+  - 1x1 convolution, forward + both gradients: `layers.pointwise` (one 2-D
+    matmul) vs the 4-D `jnp.matmul(x, w)` it replaced vs
     `torch.nn.Conv2d(.., 1)`;
   - depthwise convolution, forward, input gradient and kernel gradient
     separately (`layers.depthwise_conv` "shift" and its custom VJP), in the
@@ -67,6 +68,10 @@ def jax_row(h, cin, mid, k, s, n, reps, kernels: bool):
             return jax.grad(lambda x, w: jnp.sum(layers.pointwise(x, w) ** 2),
                             (0, 1))(x, w)
 
+        def pw_4d(x, w):
+            return jax.grad(lambda x, w: jnp.sum(jnp.matmul(x, w[0, 0]) ** 2),
+                            (0, 1))(x, w)
+
         def grad(which):
             def f(hid, kd, dy):
                 _, pull = jax.vjp(
@@ -75,6 +80,7 @@ def jax_row(h, cin, mid, k, s, n, reps, kernels: bool):
             return f
         return {
             "pointwise": time_ms(pw, x, w, reps=reps),
+            "pointwise_4d": time_ms(pw_4d, x, w, reps=reps),
             "dw_fwd": time_ms(lambda a, b: layers.depthwise_conv(a, b, s, "shift"),
                               hid, kd, reps=reps),
             "dw_dx": time_ms(grad(0), hid, kd, dy, reps=reps),
@@ -110,9 +116,10 @@ def main(argv):
     print(f"load average {os.getloadavg()}; backend={jax.default_backend()} "
           f"torch_threads={torch.get_num_threads()} batch={n}")
     print(f"{'H':>3} {'cin':>4} {'mid':>4} {'k':>2} {'s':>2} | {'1x1 jax':>8} "
-          f"{'torch':>7} | {'C++ fwd':>7} {'dx':>6} {'dk':>6} | {'lax fwd':>7} "
+          f"{'4-D':>6} {'torch':>7} | {'C++ fwd':>7} {'dx':>6} {'dk':>6} | "
+          f"{'lax fwd':>7} "
           f"{'dx':>6} {'dk':>7} | {'dw torch':>8}  (ms)")
-    tot = dict.fromkeys(("pj", "pt", "cpp", "cpp_dk", "lax", "lax_dk", "dt"), 0.0)
+    tot = dict.fromkeys(("pj", "p4", "pt", "cpp", "cpp_dk", "lax", "lax_dk", "dt"), 0.0)
     for h, cin, mid, k, s in SHAPES:
         c = jax_row(h, cin, mid, k, s, n, reps, kernels=True)
         x = jax_row(h, cin, mid, k, s, n, reps, kernels=False)
@@ -120,17 +127,20 @@ def main(argv):
         err = np.abs(c["dk"] - x["dk"]).max() / np.abs(x["dk"]).max()
         assert err < 1e-4, err  # both forms compute the same kernel gradient
         print(f"{h:>3} {cin:>4} {mid:>4} {k:>2} {s:>2} | {c['pointwise']:8.2f} "
-              f"{t['pointwise']:7.2f} | {c['dw_fwd']:7.2f} {c['dw_dx']:6.2f} "
+              f"{c['pointwise_4d']:6.2f} {t['pointwise']:7.2f} | "
+              f"{c['dw_fwd']:7.2f} {c['dw_dx']:6.2f} "
               f"{c['dw_dk']:6.2f} | {x['dw_fwd']:7.2f} {x['dw_dx']:6.2f} "
               f"{x['dw_dk']:7.2f} | {t['depthwise']:8.2f}", flush=True)
         tot["pj"] += c["pointwise"]
+        tot["p4"] += c["pointwise_4d"]
         tot["pt"] += t["pointwise"]
         tot["cpp"] += c["dw_fwd"] + c["dw_dx"] + c["dw_dk"]
         tot["cpp_dk"] += c["dw_dk"]
         tot["lax"] += x["dw_fwd"] + x["dw_dx"] + x["dw_dk"]
         tot["lax_dk"] += x["dw_dk"]
         tot["dt"] += t["depthwise"]
-    print(f"sums: 1x1 nat-jax/torch {tot['pj'] / tot['pt']:.2f}x the time; "
+    print(f"sums: 1x1 nat-jax/torch {tot['pj'] / tot['pt']:.2f}x the time "
+          f"(the 4-D matmul {tot['p4'] / tot['pt']:.2f}x); "
           f"depthwise fwd+dx+dk: C++ kernels {tot['cpp']:.1f} ms (dk "
           f"{tot['cpp_dk']:.1f}), lax form {tot['lax']:.1f} ms (dk "
           f"{tot['lax_dk']:.1f}), torch {tot['dt']:.1f} ms")

@@ -84,8 +84,8 @@ class AdaptConfig:
         (the largest subnet's work with inactive weights zeroed; one program
         for every subnet, vmappable). Same losses, gradients and BN updates
         (tests/test_supernet.py, tests/test_adaptation.py). With the C++
-        depthwise kernels on CPU, switch measured 1.2-1.3x OFA's PyTorch
-        step and 1.3-1.4x the masked step, compiling in about 30 s per
+        depthwise kernels on CPU, switch measured 1.13-1.26x OFA's PyTorch
+        step and 1.3-1.4x the masked step, compiling in 27-29 s per
         resolution for OFA w1.0 at 192 px (`benchmarks.supernet_step`);
         before them it compiled 3x longer than masked, which is why masked
         was the default.

@@ -71,9 +71,9 @@ def default_depthwise_impl() -> str:
 def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """1x1 convolution. x: [N, H, W, C_in], kernel: [1, 1, C_in, C_out].
 
-    One 2-D matmul over the flattened positions: XLA:CPU's kernel gradient
-    of the 4-D form (a contraction over n, h, w) took 2-7x the whole
-    forward + backward of this one (`python -m benchmarks.layer_times`).
+    One 2-D matmul over the flattened positions: on XLA:CPU the forward +
+    backward of the 4-D form (its kernel gradient a contraction over n, h,
+    w) took 1.2-6.6x this one's (`python -m benchmarks.layer_times`).
     """
     k = kernel[0, 0]
     y = jnp.matmul(x.reshape(-1, x.shape[-1]), k)
@@ -204,9 +204,11 @@ def _shift_bwd(stride, res, dy):
     return dx, _depthwise_kernel_grad(xp, dy, k, stride).reshape(kernel.shape)
 
 
-def _depthwise_kernel_grad(xp: jax.Array, dy: jax.Array, k: int, stride: int,
-                           blocks: int | None = None) -> jax.Array:
+def _depthwise_kernel_grad(xp: jax.Array, dy: jax.Array, k: int, stride: int
+                           ) -> jax.Array:
     """dk[i, j, c] = sum_{n,a,b} xp[n, i + s a, j + s b, c] dy[n, a, b, c].
+
+    The lax form, for when the C++ kernels of `cpu_kernels` are unavailable.
 
     Per kernel row i one batched matmul over (n, a) gives m[c, b, v] for the
     output columns b and input columns v; tap j is the strided diagonal
@@ -218,15 +220,14 @@ def _depthwise_kernel_grad(xp: jax.Array, dy: jax.Array, k: int, stride: int,
     column pairs but needs only B x k: for stride 1 and a wide input
     (W >= 6k) the output columns are cut into 3 blocks, each multiplied only
     with the input columns it reads (0.8x the time at 48-96 px; with stride
-    2 it measured up to 1.8x slower, so one block;
-    `python -m benchmarks.layer_times`). `blocks` overrides that choice.
+    2 it measured up to 1.8x slower, so one block; measured by an earlier
+    `benchmarks/layer_times.py`, git history before the C++ kernels).
     """
     n, _, wp, c = xp.shape
     ho, wo = dy.shape[1], dy.shape[2]
     xt = jnp.transpose(xp, (3, 0, 1, 2))
     dt = jnp.transpose(dy, (3, 0, 1, 2))
-    if blocks is None:
-        blocks = 3 if stride == 1 and wp >= 6 * k and wo >= 3 else 1
+    blocks = 3 if stride == 1 and wp >= 6 * k and wo >= 3 else 1
     size = -(-wo // blocks)
     dk = [None] * k
     for b0 in range(0, wo, size):

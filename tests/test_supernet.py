@@ -175,11 +175,17 @@ def test_recalibrate_and_predict_outside_the_space_resolutions_match_ofa():
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
 
 
-# (1, 3, 17) and (1, 5, 27): inputs wide enough for the kernel gradient's
-# three column blocks (the last one shorter in the second)
+# (1, 3, 17) and (1, 5, 27): inputs wide enough for the lax kernel
+# gradient's three column blocks (the last one shorter in the second).
+# "shift" runs the C++ kernels on CPU where they build (`kernels`), else its
+# lax form: both are checked against XLA's convolution.
+@pytest.mark.parametrize("kernels", [True, False], ids=["cpp", "lax"])
 @pytest.mark.parametrize("stride,k,hw", [(1, 7, 9), (2, 7, 10), (2, 3, 9),
                                          (1, 3, 17), (1, 5, 27)])
-def test_depthwise_impls_agree_with_gradients(stride, k, hw):
+def test_depthwise_impls_agree_with_gradients(stride, k, hw, kernels, monkeypatch):
+    from nat_jax import cpu_kernels
+    if not kernels:
+        monkeypatch.setattr(cpu_kernels, "available", lambda: False)
     x = jax.random.normal(jax.random.key(0), (2, hw, hw + 1, 5))
     w = jax.random.normal(jax.random.key(1), (k, k, 1, 5))
     ct = jax.random.normal(jax.random.key(2), (2, (hw - 1) // stride + 1,
