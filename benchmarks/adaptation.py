@@ -30,10 +30,14 @@ def child(args):
     jax.config.update("jax_num_cpu_devices", args.devices)
     import numpy as np
 
-    from nat_jax import adaptation as ad
-    from nat_jax import data, pipeline, sharding, supernet
-    from nat_jax import evaluation as ev
-    from nat_jax import search_space as ss
+    from nat_jax.data import datasets as data
+    from nat_jax.data import pipeline
+    from nat_jax.model import supernet
+    from nat_jax.runtime import sharding
+    from nat_jax.space import search_space as ss
+    from nat_jax.train import adaptation as ad
+    from nat_jax.train import calibration
+    from nat_jax.train import evaluation as ev
 
     space = ss.get_space(args.space)
     res = space.resolutions[args.res_index]
@@ -76,10 +80,10 @@ def child(args):
         out["single_subnet_mode"] = supernet.default_exec_mode(True)
         out["eval_images"] = len(ds.val)
         images = [b["image"] for b in cal.batches(res)]
-        supernet.recalibrate_bn(model, variables, space.decode(sub[0]), images)
+        calibration.recalibrate_bn(model, variables, space.decode(sub[0]), images)
         t = time.perf_counter()
         for g in sub:
-            jax.block_until_ready(supernet.recalibrate_bn(
+            jax.block_until_ready(calibration.recalibrate_bn(
                 model, variables, space.decode(g), images))
         out["recal_s_per_subnet"] = (time.perf_counter() - t) / len(sub)
     print("RESULT " + json.dumps(out))

@@ -76,7 +76,9 @@ import numpy as np
 
 from benchmarks.search_iteration import SPACE, synthetic_error
 from experiments.configs import transfer as transfer_configs
-from nat_jax import evolution, rank_stats, reporting, run_config, tradeoff, transfer
+from nat_jax.nat import run_config, transfer
+from nat_jax.runtime import progress as progress_lib
+from nat_jax.search import evolution, rank_stats, tradeoff
 
 PROBLEMS = {"2obj": ("top1_error", "madds"),
             "3obj": ("top1_error", "madds", "params")}
@@ -156,7 +158,7 @@ def stand_in_run(config, workdir: str, names, complexity, seed: int,
                                      predictor_bounds=predictor_bounds)
     return types.SimpleNamespace(
         config=config, workdir=pathlib.Path(workdir), task=task,
-        key=jax.random.key(seed), search_cfg=search_cfg, eta=reporting.RunEta())
+        key=jax.random.key(seed), search_cfg=search_cfg, eta=progress_lib.RunEta())
 
 
 def measure(archive, among) -> int:

@@ -9,8 +9,8 @@ classes, random weights) and the same random images, in one process:
     `get_active_subnet(preserve_weight=True)` (a static copy),
     `set_running_statistics` (OFA's re-calibration), then eval forwards under
     `no_grad`;
-  - nat-jax: `supernet.recalibrate_bn` (one jitted forward + accumulation per
-    batch) and `supernet.predict` over the validation batches, per exec mode
+  - nat-jax: `calibration.recalibrate_bn` (one jitted forward + accumulation per
+    batch) and `calibration.predict` over the validation batches, per exec mode
     ("switch" is what `exec_mode=None` runs for one subnet per call on CPU,
     see `supernet.default_exec_mode`).
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import sys
 import time
 
 import jax
@@ -35,11 +34,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from nat_jax import pretrained, supernet  # noqa: E402
-from nat_jax import search_space as ss  # noqa: E402
-
-import ofa_oracle  # noqa: E402
+from nat_jax.model import (
+    pretrained,
+)
+from nat_jax.space import search_space as ss
+from nat_jax.train import calibration
+from tests import ofa_oracle
 
 _RES = flags.DEFINE_integer("resolution", 128, "Input resolution.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Images per batch (both passes).")
@@ -75,8 +75,8 @@ def torch_evaluate(net, arch, calib, val):
 
 def jax_evaluate(model, variables, arch, calib, val):
     """nat-jax's evaluation of one subnet; calib, val: float32[N, R, R, 3]."""
-    new = supernet.recalibrate_bn(model, variables, arch, calib)
-    out = [jnp.argmax(supernet.predict(model, new, x, arch), -1) for x in val]
+    new = calibration.recalibrate_bn(model, variables, arch, calib)
+    out = [jnp.argmax(calibration.predict(model, new, x, arch), -1) for x in val]
     return jax.block_until_ready(out)
 
 

@@ -47,13 +47,10 @@ import math
 import os
 import platform
 import resource
-import sys
 import time
 import traceback
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FIELDS = (
     "host", "backend", "device_kind", "device_count", "jax_version", "torch_version",
@@ -149,16 +146,14 @@ def run_supernet(s: Suite, space, archs, x, y):
     import jax.numpy as jnp
 
     from benchmarks import supernet_step as sst
-    from nat_jax import supernet
+    from nat_jax.model import supernet
 
     a = s.args
     torch, dev = _torch_device()
     sd = None
     if torch is not None:
         try:
-            sys.path.insert(0, os.path.join(os.path.dirname(sst.__file__), "..",
-                                            "tests"))
-            import ofa_oracle
+            from tests import ofa_oracle
             net = ofa_oracle.build(1.0, n_classes=a.classes)
             if not a.tiny:
                 sd = ofa_oracle.legacy_state_dict(net)
@@ -176,7 +171,7 @@ def run_supernet(s: Suite, space, archs, x, y):
             s.r["skipped"].append(f"supernet_{mode}")
             continue
         if sd is not None:  # the OFA weights, as the README's benchmark
-            from nat_jax import pretrained
+            from nat_jax.model import pretrained
             model, variables = pretrained.convert_state_dict(
                 sd, 1.0, space=space, exec_mode=mode)
         else:
@@ -198,7 +193,7 @@ def run_compiles(s: Suite, space):
     import jax
 
     from benchmarks import supernet_step as sst
-    from nat_jax import supernet
+    from nat_jax.model import supernet
 
     a = s.args
     model, variables = supernet.init_supernet(space, 1.0, a.classes,
@@ -216,8 +211,10 @@ def run_evaluation(s: Suite, space):
     """Subnets/minute of evaluate_subnets (BN re-calibration + validation)."""
     import jax
 
-    from nat_jax import data, pipeline, supernet
-    from nat_jax import evaluation as ev
+    from nat_jax.data import datasets as data
+    from nat_jax.data import pipeline
+    from nat_jax.model import supernet
+    from nat_jax.train import evaluation as ev
 
     a = s.args
     ds = data.load(data.EMBEDDED)
@@ -249,8 +246,8 @@ def run_search(s: Suite):
     import jax
 
     from benchmarks.search_iteration import SPACE, synthetic_error
-    from nat_jax import evolution
-    from nat_jax import objectives as ob
+    from nat_jax.search import evolution
+    from nat_jax.space import objectives as ob
 
     a = s.args
     archive = np.unique(np.asarray(SPACE.sample(jax.random.key(0), a.archive + 20)),
@@ -319,8 +316,8 @@ def main(argv=None):
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     import jax
 
-    from nat_jax import compile_cache
-    from nat_jax import search_space as ss
+    from nat_jax.runtime import compile_cache
+    from nat_jax.space import search_space as ss
 
     compile_cache.enable(os.path.join(a.out, "jax_cache"))
     s = Suite(a)

@@ -18,8 +18,10 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from nat_jax import data, pipeline, supernet
-from nat_jax import search_space as ss
+from nat_jax.data import datasets as data
+from nat_jax.data import pipeline
+from nat_jax.model import supernet
+from nat_jax.space import search_space as ss
 
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Global batch size.")
 _STEPS = flags.DEFINE_integer("steps", 40, "Timed batches per setting.")

@@ -10,7 +10,7 @@ relative error, plus the cost of costing a population by table lookup (jitted
 gather + sum) against measuring each subnet (compile + timed runs).
 
 The measured-vs-predicted rank correlation depends on the machine and its load,
-so it is reported here, never asserted (tests/test_latency.py checks the
+so it is reported here, never asserted (tests/deploy/test_latency.py checks the
 table's arithmetic against a deterministic stand-in for the clock).
 """
 
@@ -23,8 +23,9 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from nat_jax import latency, objectives
-from nat_jax import search_space as ss
+from nat_jax.deploy import latency
+from nat_jax.space import objectives
+from nat_jax.space import search_space as ss
 
 _SPACE = flags.DEFINE_enum("space", "tiny", list(ss.SPACE_NAMES), "Search space.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")

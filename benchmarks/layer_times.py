@@ -8,7 +8,7 @@ side in one run, milliseconds per call (jitted; PyTorch with its own threads):
     `torch.nn.Conv2d(.., 1)`;
   - depthwise convolution, forward, input gradient and kernel gradient
     separately (`layers.depthwise_conv` "shift" and its custom VJP), in the
-    two forms a CPU run can take: the C++ kernels of `nat_jax.cpu_kernels`
+    two forms a CPU run can take: the C++ kernels of `nat_jax.model.cpu_kernels`
     (what runs where they build) and the lax form (k*k shifted slices; the
     kernel gradient as per-kernel-row matmuls), vs PyTorch's whole depthwise
     layer (forward + both gradients).
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from nat_jax import cpu_kernels, layers
+from nat_jax.model import cpu_kernels, layers
 
 _BATCH = flags.DEFINE_integer("batch_size", 8, "Images per call.")
 _REPS = flags.DEFINE_integer("reps", 10, "Timed calls per measurement.")

@@ -11,18 +11,14 @@ Usage: python -m benchmarks.nsga3_dtlz [--seeds=5] [--objectives=3,5,8,10]
 """
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nat_jax import nsga3, tradeoff
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_nsga3 import _run_nsga3  # noqa: E402  (the DTLZ runner of the tests)
+from nat_jax.search import nsga3, tradeoff
+from tests.dtlz import run_nsga3  # the DTLZ runner of the tests
 
 
 def main():
@@ -43,7 +39,7 @@ def main():
             n_var = m + extra
             front = rd * 0.5 if which == 0 else rd / np.linalg.norm(rd, axis=1)[:, None]
             t0 = time.perf_counter()
-            F = np.asarray(_run_nsga3(jax.random.split(jax.random.key(m), args.seeds),
+            F = np.asarray(run_nsga3(jax.random.split(jax.random.key(m), args.seeds),
                                       which, m, n_var, pop, gens,
                                       jnp.asarray(rd, jnp.float32)))
             t_ours = time.perf_counter() - t0

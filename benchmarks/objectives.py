@@ -13,8 +13,8 @@ import time
 import jax
 import numpy as np
 
-from nat_jax import objectives as ob
-from nat_jax import search_space as ss
+from nat_jax.space import objectives as ob
+from nat_jax.space import search_space as ss
 
 
 def _rate(fn, n, repeats=5):

@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.search_iteration import SPACE, synthetic_error
-from nat_jax import evolution as ev
-from nat_jax import objectives as ob
-from nat_jax import tradeoff
+from nat_jax.search import evolution as ev
+from nat_jax.search import tradeoff
+from nat_jax.space import objectives as ob
 
 
 def objectives(genes):

@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nat_jax import evolution as ev
-from nat_jax import objectives as ob
-from nat_jax import search_space as ss
-from nat_jax import tradeoff
+from nat_jax.search import evolution as ev
+from nat_jax.search import tradeoff
+from nat_jax.space import objectives as ob
+from nat_jax.space import search_space as ss
 
 SPACE = ss.OFA_MBV3
 
@@ -111,7 +111,7 @@ def reference_search(archive, errors, names, pop_size=100, generations=100, seed
             out["F"] = np.stack(cols, 1)
 
     n_obj = 1 + len(names)
-    from nat_jax import nsga3
+    from nat_jax.search import nsga3
     ref_dirs = nsga3.default_reference_directions(n_obj, pop_size)
     algo = NSGA3(ref_dirs=ref_dirs, pop_size=pop_size, sampling=archive,
                  crossover=UX(prob=0.9),

@@ -10,7 +10,7 @@ largest subnet) or "switch" (lax.cond / lax.switch per block: only the
 active branch runs). Compile time is reported separately and excluded from
 the rates. PyTorch is timed before and after the nat-jax runs (load drift).
 
-With --recal instead: seconds per subnet of `supernet.recalibrate_bn` (one
+With --recal instead: seconds per subnet of `calibration.recalibrate_bn` (one
 jitted forward + accumulation per batch) against the previous eager form
 (jitted forward, statistics summed op by op on the host side), tiny space,
 48 px, 10 batches of 200 random images, per exec mode.
@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 import time
 
 import jax
@@ -34,11 +33,13 @@ import numpy as np
 import optax
 from absl import app, flags
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from nat_jax import pretrained, supernet  # noqa: E402
-from nat_jax import search_space as ss  # noqa: E402
-
-import ofa_oracle  # noqa: E402
+from nat_jax.model import (
+    pretrained,
+    supernet,
+)
+from nat_jax.space import search_space as ss
+from nat_jax.train import calibration
+from tests import ofa_oracle
 
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Images per step.")
 _RES = flags.DEFINE_integer("resolution", 160, "Input resolution.")
@@ -116,11 +117,11 @@ def bench_jax(model, variables, archs, x, y):
     train = len(archs) * x.shape[0] / (time.perf_counter() - t)
     v = {"params": params, "batch_stats": stats}
     t = time.perf_counter()
-    supernet.predict(model, v, x, archs[0]).block_until_ready()
+    calibration.predict(model, v, x, archs[0]).block_until_ready()
     compile_eval = time.perf_counter() - t
     t = time.perf_counter()
     for a in archs:
-        out = supernet.predict(model, v, x, a)
+        out = calibration.predict(model, v, x, a)
     out.block_until_ready()
     ev = len(archs) * x.shape[0] / (time.perf_counter() - t)
     return train, ev, compile_train, compile_eval
@@ -209,7 +210,8 @@ def bench_recal():
         model, variables = supernet.init_supernet(space, 1.0, 10, jax.random.key(0),
                                                   exec_mode=mode)
         out = {}
-        for name, fn in (("eager", _recal_eager), ("jitted", supernet.recalibrate_bn)):
+        jitted = calibration.recalibrate_bn
+        for name, fn in (("eager", _recal_eager), ("jitted", jitted)):
             t = time.perf_counter()
             jax.block_until_ready(fn(model, variables, archs[0], batches))
             first = time.perf_counter() - t

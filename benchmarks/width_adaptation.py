@@ -38,9 +38,12 @@ def main():
     jax.config.update("jax_platforms", "cpu")
     import numpy as np
 
-    from nat_jax import adaptation as ad
-    from nat_jax import data, pipeline, sharding, supernet
-    from nat_jax import search_space as ss
+    from nat_jax.data import datasets as data
+    from nat_jax.data import pipeline
+    from nat_jax.model import supernet
+    from nat_jax.runtime import sharding
+    from nat_jax.space import search_space as ss
+    from nat_jax.train import adaptation as ad
 
     space = ss.get_space(args.space)
     res = space.resolutions[args.res_index]

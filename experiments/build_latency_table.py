@@ -26,7 +26,7 @@ import os
 from absl import app, flags
 
 from experiments import cli
-from nat_jax.search_space import SPACE_NAMES
+from nat_jax.space.search_space import SPACE_NAMES
 
 _SPACE = flags.DEFINE_enum("space", "ofa_mbv3", list(SPACE_NAMES), "Search space.")
 _WIDTH = flags.DEFINE_list("width", None, "Width multipliers (default: all of the "
@@ -55,8 +55,9 @@ def main(argv):
     import jax
     import numpy as np
 
-    from nat_jax import latency, reporting
-    from nat_jax import search_space as ss
+    from nat_jax.deploy import latency
+    from nat_jax.runtime import progress as progress_lib
+    from nat_jax.space import search_space as ss
 
     space = ss.get_space(_SPACE.value)
     if _WIDTH.value:
@@ -65,7 +66,7 @@ def main(argv):
             space.width_index(w)
         space = dataclasses.replace(space, widths=widths)
     res = [int(r) for r in _RES.value] if _RES.value else None
-    prog = reporting.Progress("latency table", 1)
+    prog = progress_lib.Progress("latency table", 1)
 
     def progress(done, total):
         prog.total = total

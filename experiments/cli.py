@@ -51,7 +51,7 @@ def one_line_errors(main):
         except (ValueError, FileNotFoundError, KeyError, app.UsageError) as err:
             _fail(err.args[0] if err.args else repr(err))
         except RuntimeError as err:
-            from nat_jax import training  # the NaN guard's error: one line too
+            from nat_jax.train import training  # the NaN guard's error: one line too
 
             if not isinstance(err, training.NonFiniteError):
                 raise

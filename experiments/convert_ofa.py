@@ -9,11 +9,11 @@ Usage:
 
 OFA publishes one supernet per width multiplier (w1.0 and w1.2), and NAT
 searches the width as the genotype's second gene (section 3.2). --output is a
-supernet set (`nat_jax.supernet_set`): each checkpoint is written to
+supernet set (`nat_jax.model.supernet_set`): each checkpoint is written to
 OUTPUT/w<width>/ (an orbax checkpoint with JSON metadata), so the two
 commands above, or the first alone, give OUTPUT/w1.0/ and OUTPUT/w1.2/. Give
 OUTPUT to `--config.supernet` of experiments.transfer; load one width with
-`nat_jax.supernet_set.load_width(OUTPUT, 1.2)`. A width folder that already
+`nat_jax.model.supernet_set.load_width(OUTPUT, 1.2)`. A width folder that already
 exists is refused (delete it to convert again). --width (comma-separated, one
 per checkpoint) is checked against each file; by default it is read from the
 file's channel counts. With --num_classes different from the checkpoint's,
@@ -29,7 +29,9 @@ import jax
 from absl import app, flags
 
 from experiments import cli
-from nat_jax import checkpoint, pretrained, search_space, supernet, supernet_set
+from nat_jax.model import pretrained, supernet, supernet_set
+from nat_jax.runtime import checkpoint
+from nat_jax.space import search_space
 
 _CHECKPOINT = flags.DEFINE_list("checkpoint", None, "OFA .pth file(s), "
                                 "comma-separated (e.g. the w1.0 and w1.2 ones).")

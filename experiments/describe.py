@@ -21,7 +21,7 @@ import json
 from absl import app, flags
 
 from experiments import cli
-from nat_jax import objectives, search_space
+from nat_jax.space import objectives, search_space
 
 _ARCH = flags.DEFINE_string("arch", None, "Encoding, gene list, or JSON file.")
 _SPACE = flags.DEFINE_enum("space", "ofa_mbv3", list(search_space.SPACE_NAMES),

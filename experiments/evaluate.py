@@ -6,7 +6,7 @@ Usage:
   python -m experiments.evaluate --model_dir=runs/default --which=picks \
       --latency_batch_size=1 --output=runs/default/eval_picks
 
---model_dir is an exported subnet directory (nat_jax.export.save_subnet), a
+--model_dir is an exported subnet directory (nat_jax.deploy.export.save_subnet), a
 fine-tuning workdir (its model/), or a finished transfer workdir (every front
 member, extracted from the task supernet of its width, the genotype's width
 gene, with BN re-calibrated; a set that lacks a member's width is refused in
@@ -49,7 +49,7 @@ def main(argv):
                          "--latency_repeats >= 0.")
     if _RESOLUTION.value is not None and _RESOLUTION.value < 1:
         raise ValueError(f"--resolution must be >= 1, got {_RESOLUTION.value}.")
-    from nat_jax import model_report
+    from nat_jax.deploy import model_report
 
     kwargs = dict(dataset=_DATASET.value, data_dir=_DATA_DIR.value,
                   batch_size=_BATCH_SIZE.value, latency_batch_size=_LAT_BS.value,

@@ -5,7 +5,7 @@ Usage:
   python -m experiments.export --model_dir=runs/default/finetune_pick0/model \
       --onnx --batch_size=1
 
---model_dir is a subnet directory (nat_jax.export.save_subnet) or a
+--model_dir is a subnet directory (nat_jax.deploy.export.save_subnet) or a
 fine-tuning workdir (its model/): a subnet already extracted from the
 supernet of its width (experiments.finetune), so no supernet is read here.
 Writes model.stablehlo (and model.onnx) into --output (default: the subnet
@@ -45,7 +45,7 @@ def main(argv):
     import jax
     import numpy as np
 
-    from nat_jax import export
+    from nat_jax.deploy import export
 
     d = _MODEL_DIR.value
     if not export.is_subnet_dir(d) and export.is_subnet_dir(os.path.join(d, "model")):

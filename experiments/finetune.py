@@ -9,7 +9,7 @@ Usage:
 
 --supernet_dir is a transfer workdir (its supernet/, dataset and picks are
 used), a supernet set (DIR/w1.0/, DIR/w1.2/: one supernet per width
-multiplier, nat_jax.supernet_set) or one width's supernet checkpoint
+multiplier, nat_jax.model.supernet_set) or one width's supernet checkpoint
 directory. The subnet's width (its genotype's second gene, NAT section 3.2)
 selects the supernet its weights come from; only that one is read, and a set
 without that width is refused in one line. --pick=N fine-tunes
@@ -17,7 +17,7 @@ result.json["picks"][N]; --arch takes what experiments.describe takes (an
 encoding, a JSON gene list / net.subnet / net.config, or a file). The subnet
 is extracted with its weights, BN re-calibrated and evaluated, fine-tuned on
 train + val, evaluated on the test split and saved to WORKDIR/model (loadable
-with nat_jax.export.load_subnet). The default WORKDIR is
+with nat_jax.deploy.export.load_subnet). The default WORKDIR is
 SUPERNET_DIR/finetune_pickN for --pick=N and SUPERNET_DIR/finetune_ENCODING
 for --arch (one folder per subnet). Rerunning the same command resumes or,
 once finished, prints the result again; a workdir that holds another subnet
@@ -67,7 +67,7 @@ def read_arch(value: str, space, sdir: str):
     in one line that names the widths it holds."""
     import dataclasses
 
-    from nat_jax import search_space
+    from nat_jax.space import search_space
 
     try:
         return search_space.load_arch(value, space)
@@ -96,7 +96,9 @@ def main(argv):
     if not os.path.isdir(_SUPERNET_DIR.value):
         raise ValueError(f"--supernet_dir {_SUPERNET_DIR.value} does not exist.")
     cli.quiet_library_logs()
-    from nat_jax import data, export, finetune, workdir
+    from nat_jax.data import datasets as data
+    from nat_jax.deploy import export, finetune
+    from nat_jax.runtime import workdir
 
     sdir = _SUPERNET_DIR.value
     space = export.set_space(sdir)  # the genotypes' space: the set's widths

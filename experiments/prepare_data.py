@@ -16,7 +16,8 @@ preparing them needs TensorFlow and the network. Errors are one line, exit 2.
 from absl import app, flags
 
 from experiments import cli
-from nat_jax import data, prepare
+from nat_jax.data import datasets as data
+from nat_jax.data import prepare
 
 _DATASET = flags.DEFINE_string(
     "dataset", None, f"One of {', '.join(data.DATASET_NAMES)}.")

@@ -7,10 +7,11 @@ Usage:
   python -m experiments.transfer --supernet=runs/pretrain_small/w1.0 ...
 
 One run per width of the space (`--config.widths`, default all): the phases
-of `config.phase_order` (nat_jax/pretrain.py), then the supernet is written
-with `supernet.save_supernet` to `<output>/w<width>` (output defaults to the
-workdir), which `experiments.transfer --supernet=` reads directly. Rerunning
-the same command resumes (per width: the newest checkpoint under
+of `config.phase_order` (nat_jax/train/progressive_shrinking.py), then the
+supernet is written with `supernet.save_supernet` to `<output>/w<width>`
+(output defaults to the workdir), which `experiments.transfer --supernet=`
+reads directly. Rerunning the same command resumes (per width: the newest
+checkpoint under
 `<workdir>/train/w<width>/ckpt`); a finished width is skipped. Logs:
 `<workdir>/train/w<width>/metrics.jsonl` and TensorBoard scalars under
 `<workdir>/train/w<width>/tb`; `<workdir>/summary.json` at the end.
@@ -40,13 +41,13 @@ _WORKDIR = flags.DEFINE_string(
 
 def resolve_space(name: str):
     """A registered search space (`search_space.SPACE_NAMES`)."""
-    from nat_jax import search_space as ss
+    from nat_jax.space import search_space as ss
 
     return ss.get_space(name)
 
 
 def phases_from_config(config, space):
-    from nat_jax import pretrain
+    from nat_jax.train import progressive_shrinking as pretrain
 
     scale = config.batch_size / config.lr_scale_batch
     out = []
@@ -63,7 +64,7 @@ def phases_from_config(config, space):
 
 
 def _subset(split, n):
-    from nat_jax import data
+    from nat_jax.data import datasets as data
 
     return data.Split(split.name, split.source, split.indices[:n])
 
@@ -71,7 +72,8 @@ def _subset(split, n):
 def evaluate_corners(model, variables, space, split, calib_split, config,
                      resolutions):
     """{"<corner>@<res>": top-1 %} of the corner subnets on `split`."""
-    from nat_jax import evaluation, pretrain
+    from nat_jax.train import evaluation
+    from nat_jax.train import progressive_shrinking as pretrain
 
     ecfg = evaluation.EvalConfig(batch_size=config.eval_batch_size,
                                  calib_images=config.calib_images,
@@ -90,9 +92,12 @@ def run_width(config, space, dataset, workdir: str, width: float) -> dict:
     """Pre-train the supernet of one width; returns its summary."""
     import jax
 
-    from nat_jax import augment, pipeline, pretrain, reporting, sharding
-    from nat_jax import supernet as supernet_lib
-    from nat_jax import workdir as wd_lib
+    from nat_jax.data import augment, pipeline
+    from nat_jax.model import supernet as supernet_lib
+    from nat_jax.runtime import progress as progress_lib
+    from nat_jax.runtime import sharding, tb_events
+    from nat_jax.runtime import workdir as wd_lib
+    from nat_jax.train import progressive_shrinking as pretrain
 
     out_dir = os.path.join(config.output or workdir, f"w{width}")
     train_dir = os.path.join(workdir, "train", f"w{width}")
@@ -122,7 +127,7 @@ def run_width(config, space, dataset, workdir: str, width: float) -> dict:
     progress = {}
 
     def on_phase_start(phase, first, steps):
-        progress[phase.name] = reporting.Progress(f"w{width} {phase.name}", steps)
+        progress[phase.name] = progress_lib.Progress(f"w{width} {phase.name}", steps)
         if first:
             logging.info("w%s %s: resuming at step %d/%d", width, phase.name,
                          first, steps)
@@ -133,7 +138,7 @@ def run_width(config, space, dataset, workdir: str, width: float) -> dict:
         if (step + 1) % 10 == 0:
             row = {"step": step + 1, "phase": phase.name, **m}
             wd_lib.append_jsonl(metrics_path, row)
-            reporting.write_scalars(tb, step + 1, {"train": m})
+            tb_events.write_scalars(tb, step + 1, {"train": m})
 
     val = _subset(dataset.val, config.eval_images)
 
@@ -145,7 +150,7 @@ def run_width(config, space, dataset, workdir: str, width: float) -> dict:
                "eval_s": time.perf_counter() - t}
         logging.info("w%s phase %s done: %s", width, phase.name, row)
         wd_lib.append_jsonl(metrics_path, row)
-        reporting.write_scalars(tb, info["global_step"], {"val_top1": top1})
+        tb_events.write_scalars(tb, info["global_step"], {"val_top1": top1})
 
     t0 = time.perf_counter()
     final = pretrain.run_phases(
@@ -174,8 +179,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     cli.quiet_library_logs()
-    from nat_jax import data
-    from nat_jax import workdir as wd_lib
+    from nat_jax.data import datasets as data
+    from nat_jax.runtime import workdir as wd_lib
 
     config = _CONFIG.value
     space = resolve_space(config.space)

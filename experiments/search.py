@@ -80,7 +80,7 @@ def main(argv):
     if "," in _DIR.value:
         print(json.dumps(_many_tasks()))
         return
-    from nat_jax import retarget
+    from nat_jax.nat import retarget
 
     summary = retarget.search_workdir(_DIR.value, _OBJECTIVES.value,
                                       _CONSTRAINTS.value, _SEED.value,
@@ -94,7 +94,7 @@ def _many_tasks() -> dict:
     import dataclasses
     import pathlib
 
-    from nat_jax import multitask, run_config
+    from nat_jax.nat import multitask, run_config
 
     specs = multitask.parse_tasks(_DIR.value)
     cfg = None

@@ -8,9 +8,9 @@ import functools
 import jax
 import numpy as np
 
-from nat_jax import adaptation as ad
-from nat_jax import data
-from nat_jax import search_space as ss
+from nat_jax.data import datasets as data
+from nat_jax.space import search_space as ss
+from nat_jax.train import adaptation as ad
 
 TINY = ss.SearchSpace.tiny()
 TINY_RES = TINY.resolutions[0]

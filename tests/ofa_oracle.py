@@ -85,7 +85,7 @@ def logits(net, arch, images_nhwc: np.ndarray) -> np.ndarray:
 def small_space():
     import dataclasses
 
-    from nat_jax import search_space as ss
+    from nat_jax.space import search_space as ss
 
     return dataclasses.replace(ss.OFA_MBV3, resolutions=(32, 48, 64, 224))
 
@@ -96,7 +96,7 @@ _PAIRS: dict = {}
 def pair(width: float):
     """(torch net, legacy state dict, nat-jax model, variables), cached per width."""
     if width not in _PAIRS:
-        from nat_jax import pretrained
+        from nat_jax.model import pretrained
 
         net = build(width, seed=int(width * 10))
         sd = legacy_state_dict(net)
@@ -110,7 +110,7 @@ def pair(width: float):
 
 def bn_stats_as_ofa(variables, space) -> dict[str, np.ndarray]:
     """nat-jax batch_stats keyed by canonical OFA names."""
-    from nat_jax import pretrained
+    from nat_jax.model import pretrained
 
     out = {}
     for key, (col, path, _) in pretrained.ofa_key_map(space).items():
@@ -123,7 +123,7 @@ def bn_stats_as_ofa(variables, space) -> dict[str, np.ndarray]:
 
 
 def torch_bn_stats(net) -> dict[str, np.ndarray]:
-    from nat_jax import pretrained
+    from nat_jax.model import pretrained
 
     return {pretrained.canonical_key(k): v.numpy().copy()
             for k, v in net.state_dict().items()

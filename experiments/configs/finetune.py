@@ -6,7 +6,7 @@ Usage:
       --config=experiments/configs/finetune.py:paper --config.epochs=300
 Override any field: --config.batch_size=64 --config.randaug_magnitude=5
 
-Every field of nat_jax.finetune.FinetuneConfig is a field here under the same
+Every field of nat_jax.deploy.finetune.FinetuneConfig is a field here under the same
 name (`finetune.make_config` takes each from the config, none from the
 dataclass), except `steps` (`steps`, or `epochs` over train + val) and
 `warmup_steps` (`warmup_epochs`); `eval_batch_size` and `calib_images` go to

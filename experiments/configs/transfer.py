@@ -4,7 +4,7 @@
 the shipped Fashion-MNIST supernets of the `small` space (both widths, w1.0
 and w1.2, the width gene searched) to MNIST (`mnist_mini`),
 classifier reset, Algorithm 1 with a working archive of N = 40. `test` is the
-smoke-test size of tests/test_transfer.py.
+smoke-test size of tests/nat/test_transfer.py.
 
 Usage:
   python -m experiments.transfer                                   # tiny, embedded data
@@ -16,8 +16,8 @@ Override any field: --config.search.generations=50 --config.adapt.batch_size=64
 --config.dataset etc.; they are the same field, with this file's default.)
 
 This file is the only place that holds a default of a transfer run: every
-field has the name of the library argument it becomes (nat_jax.run_config
-passes each one explicitly), and nat_jax.run_config.validate checks each
+field has the name of the library argument it becomes (nat_jax.nat.run_config
+passes each one explicitly), and nat_jax.nat.run_config.validate checks each
 field's range before anything runs.
 """
 
@@ -33,7 +33,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     c.variant = variant
     c.seed = 0
     c.dataset = "fashion_mnist_mini"
-    c.data_dir = ""                    # "" = nat_jax.data.default_data_dir()
+    c.data_dir = ""                    # "" = nat_jax.data.datasets.default_data_dir()
     c.space = "ofa_mbv3"               # or "tiny"
     c.resolutions = ()                 # subset of the space's resolutions; () = all
     c.widths = ()                      # width multipliers searched (gene 2, Sec.
@@ -110,7 +110,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
     # The final choice (Appendix C): tradeoff.high_tradeoff + the most accurate.
     c.final = ml_collections.ConfigDict(dict(
         num_tradeoff=4,
-        tradeoff_variant="paper",      # paper | authors | all (nat_jax/tradeoff.py)
+        tradeoff_variant="paper",      # paper | authors | all (search/tradeoff.py)
         tradeoff_neighbors=0,          # 0 = the paper's m nearest neighbours
         tradeoff_epsilon=0.125,        # neighbourhood ball of the "authors" variant
     ))

@@ -1,0 +1,1 @@
+"""nat_jax.search"""
