@@ -97,11 +97,12 @@ def main(argv):
         raise ValueError(f"--supernet_dir {_SUPERNET_DIR.value} does not exist.")
     cli.quiet_library_logs()
     from nat_jax.data import datasets as data
-    from nat_jax.deploy import export, finetune
+    from nat_jax.deploy import finetune
+    from nat_jax.model import supernet_set
     from nat_jax.runtime import workdir
 
     sdir = _SUPERNET_DIR.value
-    space = export.set_space(sdir)  # the genotypes' space: the set's widths
+    space = supernet_set.set_space(sdir)  # the genotypes' space: the set's widths
     if _PICK.value is not None:
         arch = workdir.pick_arch(sdir, _PICK.value, space)
     else:

@@ -50,7 +50,7 @@ from nat_jax.data import datasets as data
 from nat_jax.data import pipeline
 from nat_jax.data.randaugment import RandAugment
 from nat_jax.deploy import export
-from nat_jax.model import layers
+from nat_jax.model import layers, supernet_set
 from nat_jax.model import subnet as subnet_lib
 from nat_jax.runtime import checkpoint, sharding
 from nat_jax.runtime import workdir as workdir_lib
@@ -134,10 +134,10 @@ def inherit(supernet_dir: str, arch: ss.Arch, depthwise_impl: str | None = None
       depthwise_impl: overrides the supernet's depthwise implementation.
 
     Returns:
-      `space` is the set's (`export.set_space`): the space its genotypes
+      `space` is the set's (`supernet_set.set_space`): the space its genotypes
       (archive, picks) are written in.
     """
-    return export.extract_from_set(supernet_dir, arch, depthwise_impl)
+    return supernet_set.extract_from_set(supernet_dir, arch, depthwise_impl)
 
 
 # ---------------------------------------------------------------------- data

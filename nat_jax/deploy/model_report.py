@@ -35,6 +35,7 @@ from nat_jax.data import pipeline
 from nat_jax.deploy import export, latency
 from nat_jax.model import subnet as subnet_lib
 from nat_jax.model import supernet as supernet_lib
+from nat_jax.model import supernet_set
 from nat_jax.runtime import sharding
 from nat_jax.space import objectives
 from nat_jax.space import search_space as ss
@@ -133,12 +134,12 @@ def evaluate_front(workdir: str, dataset: str | None = None,
     cfg = json.loads((wd / "config.json").read_text())
     name, ds = _load_dataset(dataset, data_dir or cfg.get("data_dir") or None,
                              cfg.get("dataset"))
-    space = export.set_space(str(wd))
+    space = supernet_set.set_space(str(wd))
     supernets: dict[float, tuple] = {}  # width -> (model, variables), on first use
 
     def width_supernet(width: float):
         if width not in supernets:
-            supernets[width] = export.load_set_width(str(wd), width, space)
+            supernets[width] = supernet_set.load_set_width(str(wd), width, space)
             _check_classes(supernets[width][0].num_classes, ds, name)
         return supernets[width]
 

@@ -53,7 +53,6 @@ from absl import logging
 
 from nat_jax.data import datasets as data
 from nat_jax.data import pipeline
-from nat_jax.deploy import export
 from nat_jax.model import supernet_set
 from nat_jax.nat import report as report_lib
 from nat_jax.nat import retarget, run_config
@@ -375,8 +374,8 @@ def load_task(path: str, dataset: str | None, fallback_config,
         raise ValueError(f"{path} is not a finished transfer workdir (no config.json "
                          f"and archive.json); for a supernet directory write "
                          f"{path}=DATASET.")
-    space = export.set_space(p)
-    supernets = {w: export.load_set_width(p, w, space)
+    space = supernet_set.set_space(p)
+    supernets = {w: supernet_set.load_set_width(p, w, space)
                  for w in supernet_set.widths(p)}
     ds = data.load(dataset)
     for w, (model, _) in supernets.items():

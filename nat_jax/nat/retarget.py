@@ -30,7 +30,6 @@ import numpy as np
 from absl import logging
 
 from nat_jax.data import pipeline
-from nat_jax.deploy import export
 from nat_jax.model import supernet_set
 from nat_jax.nat import report as report_lib
 from nat_jax.nat import run_config
@@ -125,7 +124,7 @@ def load_workdir(workdir: str | pathlib.Path):
                          f"but its supernet set holds only widths {list(widths)}; "
                          f"restore the missing supernet/w<width>/ folder(s).")
     archive = Archive.load(workdir / "archive.json", space)
-    supernets = {w: export.load_set_width(workdir, w, space) for w in widths}
+    supernets = {w: supernet_set.load_set_width(workdir, w, space) for w in widths}
     dataset = run_config.load_dataset(cfg)
     return cfg, archive, supernets, dataset
 

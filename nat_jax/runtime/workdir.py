@@ -112,7 +112,8 @@ def pick_arch(workdir: str | os.PathLike, pick: int, space: ss.SearchSpace
     """The arch of `result.json["picks"][pick]` of a finished transfer workdir.
 
     `space` is the one the archive's genotypes are written in: the run's
-    space with the widths of its supernet set (`export.set_space(workdir)`);
+    space with the widths of its supernet set
+    (`supernet_set.set_space(workdir)`);
     the arch's width is its genotype's width gene.
     """
     wd = pathlib.Path(workdir)

@@ -25,7 +25,7 @@ import pytest
 
 from experiments.configs import transfer as transfer_cfg
 from nat_jax.data import datasets as data
-from nat_jax.deploy import export, finetune, latency, model_report
+from nat_jax.deploy import finetune, latency, model_report
 from nat_jax.model import subnet, supernet, supernet_set
 from nat_jax.nat import retarget, run_config
 from nat_jax.runtime import workdir
@@ -100,16 +100,16 @@ def _images(n=3, seed=0):
 
 # ------------------------------------------------------------------ the space
 def test_set_space_is_the_genotypes_space(wd, nets, tmp_path):
-    assert export.set_space(wd) == SPACE
-    assert export.set_space(wd / "supernet") == SPACE
-    assert export.set_space(wd / "supernet" / "w1.2").widths == (1.2,)
+    assert supernet_set.set_space(wd) == SPACE
+    assert supernet_set.set_space(wd / "supernet") == SPACE
+    assert supernet_set.set_space(wd / "supernet" / "w1.2").widths == (1.2,)
     # Each width saved with its own width pinned (as a one-width run saves it):
     # the set's space still has both widths, in the genotype's order.
     for w, (model, v) in nets.items():
         pinned = dataclasses.replace(SPACE, widths=(w,))
         supernet.save_supernet(str(tmp_path / "s" / f"w{w}"),
                                model.clone(space=pinned), v)
-    assert export.set_space(tmp_path / "s") == SPACE
+    assert supernet_set.set_space(tmp_path / "s") == SPACE
     # Two widths from runs with different resolutions are not one set.
     model, v = nets[1.2]
     other = dataclasses.replace(SPACE, resolutions=(40,), widths=(1.2,))
@@ -117,11 +117,11 @@ def test_set_space_is_the_genotypes_space(wd, nets, tmp_path):
                            v)
     shutil.copytree(tmp_path / "s" / "w1.0", tmp_path / "bad" / "w1.0")
     with pytest.raises(ValueError, match="different search spaces"):
-        export.set_space(tmp_path / "bad")
+        supernet_set.set_space(tmp_path / "bad")
 
 
 def test_pick_takes_the_width_from_the_genotype(wd):
-    space = export.set_space(wd)
+    space = supernet_set.set_space(wd)
     a = workdir.pick_arch(str(wd), 0, space)       # picks[0] = archive[1] = G12
     b = workdir.pick_arch(str(wd), 1, space)       # MIN12
     assert a == SPACE.decode(G12) and a.width == 1.2
@@ -169,7 +169,7 @@ def test_a_missing_width_is_a_one_line_error(one_width):
         finetune.inherit(str(one_width), arch)
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=r"no width-1.2 supernet"):
-        export.load_set_width(one_width, 1.2)
+        supernet_set.load_set_width(one_width, 1.2)
     # The w1.0 subnet still comes out of the one-width set.
     sub, _, _, space = finetune.inherit(str(one_width), SPACE.decode(G10))
     assert space.widths == (1.0,) and sub.first_channels == SPACE.channels(
@@ -337,13 +337,13 @@ def test_nat_m_extract_from_a_two_width_ofa_set(tmp_path):
 
     pairs = {w: ofa_oracle.pair(w) for w in (1.0, 1.2)}
     supernet_set.save_all(tmp_path / "ofa", {w: p[2:] for w, p in pairs.items()})
-    space = export.set_space(tmp_path / "ofa")
+    space = supernet_set.set_space(tmp_path / "ofa")
     assert space.widths == (1.0, 1.2)
     x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
     for name in sorted(NAT_M):
         arch = dataclasses.replace(ss.Arch.from_nat_subnet(NAT_M[name], ss.OFA_MBV3),
                                    resolution=64)
-        sub, v, _, _ = export.extract_from_set(tmp_path / "ofa", arch,
+        sub, v, _, _ = supernet_set.extract_from_set(tmp_path / "ofa", arch,
                                                depthwise_impl="conv")
         got = np.asarray(jax.jit(lambda v, x, s=sub: s.apply(v, x, train=False))(
             v, x))
