@@ -96,14 +96,21 @@ def real_polynomial_mutation(key: jax.Array, x: jax.Array, lower, upper,
       x: float[n, n_var]; lower, upper: float[n_var] bounds.
       prob: per-variable mutation probability; eta: distribution index.
     """
+    x, lo, hi, do, u = _mutation_draws(key, x, lower, upper, prob)
+    y = jnp.clip(x + _pm_delta(u, x, lo, hi, eta), lo, hi)
+    return jnp.where(do, y, x)
+
+
+def _mutation_draws(key, x, lower, upper, prob):
+    """(x, lo, hi, do, u) as float32[n, n_var]: which variables mutate (each
+    with probability `prob`) and their uniform draws u."""
     k_do, k_u = jax.random.split(key)
     x = jnp.asarray(x, jnp.float32)
     lo = jnp.broadcast_to(jnp.asarray(lower, jnp.float32), x.shape)
     hi = jnp.broadcast_to(jnp.asarray(upper, jnp.float32), x.shape)
     do = jax.random.bernoulli(k_do, prob, x.shape)
     u = jax.random.uniform(k_u, x.shape)
-    y = jnp.clip(x + _pm_delta(u, x, lo, hi, eta), lo, hi)
-    return jnp.where(do, y, x)
+    return x, lo, hi, do, u
 
 
 MUTATION_VARIANTS = ("paper", "pymoo")
@@ -144,12 +151,7 @@ def polynomial_mutation(key: jax.Array, genes: jax.Array, lower, upper,
         y = real_polynomial_mutation(key, jnp.asarray(genes, jnp.float32), lower,
                                      upper, prob, eta)
     else:
-        k_do, k_u = jax.random.split(key)
-        x = jnp.asarray(genes, jnp.float32)
-        lo = jnp.broadcast_to(jnp.asarray(lower, jnp.float32), x.shape)
-        hi = jnp.broadcast_to(jnp.asarray(upper, jnp.float32), x.shape)
-        do = jax.random.bernoulli(k_do, prob, x.shape)
-        u = jax.random.uniform(k_u, x.shape)
+        x, lo, hi, do, u = _mutation_draws(key, genes, lower, upper, prob)
         y = jnp.where(do, x + _pm_delta_paper(u, x, lo, hi, eta), x)
     y = jnp.clip(jnp.round(y), jnp.broadcast_to(jnp.asarray(lower), y.shape),
                  jnp.broadcast_to(jnp.asarray(upper), y.shape))
