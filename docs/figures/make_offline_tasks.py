@@ -2,7 +2,7 @@ r"""Builds extra real target tasks as image folders from data that installs offl
 
 Usage:
   pip install --no-deps scikit-learn scikit-image   # the data files only
-  python docs/make_offline_tasks.py --output=data/offline
+  python -m docs.figures.make_offline_tasks --output=data/offline
   # -> data/offline/digits/{train,test}/CLASS/*.png     (sklearn digits)
   #    data/offline/textures/{train,test}/CLASS/*.png   (skimage textures)
 

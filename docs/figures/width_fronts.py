@@ -1,8 +1,8 @@
 """The default run's front with the width searched vs pinned to each width.
 
-    python docs/width_fronts.py [--workdir=runs/widths] [--seed=0]
-    python docs/width_fronts.py --no-run --both=runs/default --w1.0=runs/pin1.0 \
-        --w1.2=runs/pin1.2               # re-read three finished runs
+    python -m docs.figures.width_fronts [--workdir=runs/widths] [--seed=0]
+    python -m docs.figures.width_fronts --no-run --both=runs/default \
+        --w1.0=runs/pin1.0 --w1.2=runs/pin1.2   # re-read three finished runs
 
 Runs the default `python -m experiments.transfer` three times with the same
 config, seed and budget (issue 13's measurement): both widths searched (the
@@ -11,7 +11,7 @@ table (best validation top-1, best top-1 at three MAdds budgets, hypervolume
 of each run's measured working-archive front under one common reference:
 error / 100, MAdds / (1.05 x the largest MAdds of all runs), and how many of
 the front's members are of each width) and draws the three fronts, each
-member marked by its width, to `docs/width_fronts.png` (`--plot`). The runs
+member marked by its width, to `docs/img/width_fronts.png` (`--plot`). The runs
 share the machine, so their wall times are not compared.
 """
 
@@ -26,8 +26,7 @@ import sys
 
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 RUNS = {"both widths searched": [], "pinned to w1.0": ["--config.widths=1.0"],
         "pinned to w1.2": ["--config.widths=1.2"]}
@@ -129,7 +128,7 @@ def main() -> int:
     p.add_argument("--both")
     p.add_argument("--w1.0", dest="w10")
     p.add_argument("--w1.2", dest="w12")
-    p.add_argument("--plot", default=str(ROOT / "docs" / "width_fronts.png"))
+    p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "width_fronts.png"))
     args = p.parse_args()
     if args.no_run:
         if not (args.both and args.w10 and args.w12):

@@ -1,6 +1,6 @@
 """Transfer vs from scratch on the default target, side by side, same budget.
 
-    python docs/transfer_vs_scratch.py [--workdir=runs/tvs] [--seed=0]
+    python -m docs.figures.transfer_vs_scratch [--workdir=runs/tvs] [--seed=0]
 
 Runs the default `python -m experiments.transfer` twice with the same config,
 seed and budget: once from the shipped pre-trained supernet (the default) and
@@ -19,8 +19,8 @@ import os
 import pathlib
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from docs.figures.width_fronts import run_all, table
+
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -30,8 +30,6 @@ def main() -> int:
     base = pathlib.Path(args.workdir)
     runs = {"pre-trained (shipped Fashion-MNIST supernet)": [],
             "random initialisation": ["--config.supernet="]}
-    from docs.width_fronts import run_all, table
-
     workdirs = run_all(base, runs, args.seed)
     text, _ = table(workdirs)
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")

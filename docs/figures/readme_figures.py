@@ -1,13 +1,14 @@
 """Regenerates the README's default-run figures from a real run.
 
-    python docs/readme_figures.py                 # run the default job, then update
-    python docs/readme_figures.py --workdir=runs/default --no-run   # re-read a run
+    python -m docs.figures.readme_figures          # run the default job, then update
+    python -m docs.figures.readme_figures --workdir=runs/default --no-run  # re-read
 
 Runs `python -m experiments.transfer --workdir=WORKDIR` (the README's main job on
 the embedded default), times it, and rewrites the block of README.md between
 `<!-- default-run:begin -->` and `<!-- default-run:end -->` with what the run
 wrote (config.json, metrics.jsonl, archive.json, result.json, the train
-checkpoints), so the README's figures cannot drift from what the code does.
+checkpoints), so the README's figures cannot drift from what the code does,
+and copies the run's front plot to docs/img/default_front.png.
 The load average before and after is part of the text: the machine is shared.
 """
 
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- default-run:begin -->", "<!-- default-run:end -->"
 
 
@@ -58,9 +59,12 @@ def block(workdir: pathlib.Path, wall_s: float | None, loads: tuple[str, str]) -
     lines = []
     when = (f"**{_fmt_s(wall_s)}** wall time (load average {loads[0]} before, "
             f"{loads[1]} after)" if wall_s is not None else "a re-read run")
+    day = time.strftime("%Y-%m-%d", time.localtime(
+        (workdir / "archive.json").stat().st_mtime))
     lines.append(
-        f"Measured by `python docs/readme_figures.py` on {platform.machine()} "
-        f"with {os.cpu_count()} cores, no GPU: {when}; {len(metrics)} iterations, "
+        f"Measured by `python -m docs.figures.readme_figures` on {day}, "
+        f"{platform.machine()} with {os.cpu_count()} cores, no GPU: {when}; "
+        f"{len(metrics)} iterations, "
         f"{_steps(workdir)} adaptation steps of batch {cfg['adapt']['batch_size']}, "
         f"{len(measured)} subnets measured, best validation top-1 {best:.1f}%, "
         f"final hypervolume {metrics[-1]['hypervolume']:.4f}." if metrics else "")
@@ -112,7 +116,7 @@ def main() -> int:
     text = block(workdir, wall, loads)
     front = workdir / "plots" / "front_final.png"
     if front.exists():  # the README shows this run's front too
-        shutil.copyfile(front, ROOT / "docs" / "default_front.png")
+        shutil.copyfile(front, ROOT / "docs" / "img" / "default_front.png")
     readme = pathlib.Path(args.readme)
     s = readme.read_text()
     if BEGIN not in s or END not in s:
