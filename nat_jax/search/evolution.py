@@ -10,8 +10,8 @@ task T, complexity...]`, where `complexity_fn(genes int32[n, g]) ->
 float32[n, m]` is any vectorised jittable function (e.g.
 `objectives.complexity_fn(space, ("madds",))`). NAT's single-task search is
 the T = 1 case: `search` (errors float[n]) calls the same core. The
-predictors scale their inputs by the ranges of the rows they are fitted on
-or, with `predictor_bounds="space"`, by the space's gene bounds.
+predictors scale their inputs by the space's gene bounds or, with
+`predictor_bounds="data"`, by the ranges of the rows they are fitted on.
 
 Initial population: NSGA-III survivors of the archive under its measured
 objectives (the authors start from the archive's front), topped up with
@@ -59,7 +59,12 @@ PREDICTOR_BOUNDS = ("data", "space")
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
-    """Hyperparameters of one search iteration (defaults: paper Table 2).
+    """Hyperparameters of one search iteration.
+
+    The defaults are the `search` block of experiments/configs/transfer.py
+    as its "paper" variant keeps it (paper Table 2 where the paper gives a
+    value): a library caller of `search(..., SearchConfig())` gets what a
+    paper-sized run gets.
 
     Attributes:
       pop_size: population size (even, >= 4).
@@ -74,8 +79,8 @@ class SearchConfig:
       n_candidates: K, subnets returned for evaluation.
       pad_multiple: archive rows are padded to a multiple of this.
       predictor_bounds: how the predictors scale their inputs (the paper does
-        not say): "data" = min-max of the rows each is fitted on, "space" =
-        the search space's gene bounds (`predictor_bounds`).
+        not say): "space" = the search space's gene bounds
+        (`predictor_bounds`), "data" = min-max of the rows each is fitted on.
     """
 
     pop_size: int = 100
@@ -89,7 +94,7 @@ class SearchConfig:
     feature_fraction: float = 0.7
     n_candidates: int = 8
     pad_multiple: int = 64
-    predictor_bounds: str = "data"
+    predictor_bounds: str = "space"
 
     def __post_init__(self):
         if self.predictor_bounds not in PREDICTOR_BOUNDS:

@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.configs import transfer as transfer_cfg
+from nat_jax.nat import run_config
 from nat_jax.search import evolution as ev
 from nat_jax.search import tradeoff
 from nat_jax.space import objectives as ob
@@ -88,7 +90,7 @@ def test_search_validates_inputs(setup):
 def test_space_bounds_scale_the_predictor_by_the_gene_bounds(setup):
     """predictor_bounds="space": the fitted scaler is the space's gene bounds
     (x - lo) / (hi - lo), computed here with numpy, not the archive's range;
-    the default keeps the archive's own min and max."""
+    "data" keeps the archive's own min and max."""
     archive, errors, fn = setup
     small = dict(pop_size=8, generations=2, n_members=8, n_candidates=2)
     concentrated = archive[:20].copy()
@@ -116,6 +118,14 @@ def test_space_bounds_scale_the_predictor_by_the_gene_bounds(setup):
                                    rtol=1e-4)
     with pytest.raises(ValueError, match="predictor_bounds"):
         ev.SearchConfig(predictor_bounds="archive")
+
+
+def test_search_config_defaults_are_the_config_files():
+    """A library caller of `search(..., SearchConfig())` gets what a run gets:
+    the `search` block of experiments/configs/transfer.py (its "paper"
+    variant keeps the block's values; "tiny" and "test" shrink the sizes)."""
+    assert ev.SearchConfig() == run_config.search_config(
+        transfer_cfg.get_config("paper").search)
 
 
 # The K candidates of the searches before the single- and the many-task cores
