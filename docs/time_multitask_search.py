@@ -4,7 +4,7 @@ Usage:
   python docs/time_multitask_search.py [--tasks=11] [--repeats=3] \
       [--pop_size=100] [--generations=100] [--n_members=500]
 
-`nat_jax.nat.multitask.search_many` on the ofa_mbv3 space with T tasks (11 by
+`nat_jax.search.evolution.search_many` on the ofa_mbv3 space with T tasks (11 by
 default) plus MAdds (12 objectives, as in paper Appendix F), the paper's
 Table 2 search settings (population 100, 100 generations, 500 RBF members,
 K = 8) and an archive of 100 subnets with synthetic errors (the search's
@@ -21,7 +21,6 @@ import time
 import jax
 import numpy as np
 
-from nat_jax.nat import multitask
 from nat_jax.search import evolution
 from nat_jax.space import objectives
 from nat_jax.space import search_space as ss
@@ -47,7 +46,7 @@ def main(argv=None) -> dict:
 
     def once(i):
         t = time.perf_counter()
-        res = multitask.search_many(jax.random.key(i), space, genes, errors, fn, cfg)
+        res = evolution.search_many(jax.random.key(i), space, genes, errors, fn, cfg)
         jax.block_until_ready(res.candidates)
         return time.perf_counter() - t
 

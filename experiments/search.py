@@ -27,8 +27,8 @@ plus the complexity objectives; one accuracy predictor per task, NSGA-III on
 all of them, --evaluate candidates per iteration measured on every task, for
 --iterations iterations after an initial joint archive of --archive_init
 subnets (NSGA-III population --pop_size); no adaptation. Search, evaluation
-and trade-off settings come from the first task's transfer config
-(experiments/configs/transfer.py:tiny when no task has one). Writes
+and trade-off settings come from the config.json of the first task, which
+must be a transfer workdir (`multitask.search_supernets`). Writes
 joint_archive.json, front.json, result.json, metrics.jsonl, pcp.png,
 scatter_<task>.png and report.md under --output (default
 runs/multitask_<task names>); rerunning the same command resumes.
@@ -78,7 +78,12 @@ def main(argv):
         raise ValueError(f"--seed={_SEED.value} is invalid: it must be >= 0.")
     cli.quiet_library_logs()
     if "," in _DIR.value:
-        print(json.dumps(_many_tasks()))
+        from nat_jax.nat import multitask
+
+        print(json.dumps(multitask.search_supernets(
+            _DIR.value, _OBJECTIVES.value, _CONSTRAINTS.value, _SEED.value,
+            _EVALUATE.value, _OUTPUT.value, _GENERATIONS.value, _ITERATIONS.value,
+            _POP_SIZE.value, _ARCHIVE_INIT.value, _LATENCY.value)))
         return
     from nat_jax.nat import retarget
 
@@ -87,53 +92,6 @@ def main(argv):
                                       _EVALUATE.value, _OUTPUT.value,
                                       _GENERATIONS.value, _LATENCY.value)
     print(json.dumps(summary))
-
-
-def _many_tasks() -> dict:
-    """The many-task search of --supernet_dir=A,B,... (paper Appendix F)."""
-    import dataclasses
-    import pathlib
-
-    from nat_jax.nat import multitask, run_config
-
-    specs = multitask.parse_tasks(_DIR.value)
-    cfg = None
-    for path, _ in specs:
-        if (pathlib.Path(path) / "config.json").is_file():
-            cfg = run_config.read_config(path)
-            break
-    if cfg is None:
-        from experiments.configs import transfer as transfer_config
-
-        cfg = transfer_config.get_config("tiny")
-    tasks = multitask.load_tasks(_DIR.value, cfg)
-    for flag in (_ITERATIONS, _ARCHIVE_INIT, _POP_SIZE):
-        if flag.value is not None and flag.value < 0:
-            raise ValueError(f"--{flag.name}={flag.value} is invalid: it must be "
-                             f">= 0.")
-    s = run_config.search_config(cfg.search)
-    if _POP_SIZE.value is not None:
-        s = dataclasses.replace(s, pop_size=_POP_SIZE.value)
-    s = dataclasses.replace(
-        s, n_candidates=min(_EVALUATE.value, s.pop_size),
-        generations=s.generations if _GENERATIONS.value is None
-        else _GENERATIONS.value)
-    config = multitask.MultiTaskConfig(
-        objectives=_OBJECTIVES.value, search=s,
-        iterations=(cfg.search.iterations if _ITERATIONS.value is None
-                    else _ITERATIONS.value),
-        archive_init=(cfg.search.archive_init if _ARCHIVE_INIT.value is None
-                      else _ARCHIVE_INIT.value),
-        seed=_SEED.value, constraints=_CONSTRAINTS.value,
-        latency_table=_LATENCY.value or cfg.get("latency_table", ""),
-        tradeoff=run_config.high_tradeoff_kwargs(cfg.final))
-    out = _OUTPUT.value or "runs/multitask_" + "_".join(t.name for t in tasks)
-    summary = multitask.run(tasks, config, out)
-    return {"output": out, "pick": summary["pick"],
-            "pick_encoding": summary["pick_encoding"],
-            "outlier_test_passes": (summary["outlier_test"] or {}).get("passes"),
-            "pick_top1": {r["task"]: r["pick_top1"] for r in summary["comparison"]},
-            "n_front": len(summary["front"])}
 
 
 if __name__ == "__main__":

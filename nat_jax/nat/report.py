@@ -123,7 +123,7 @@ def _f(v, fmt: str = ".2f") -> str:
 
 def write_multitask_report(path: str | os.PathLike, summary: dict,
                            metrics: Sequence[dict], sources: Sequence[str]) -> None:
-    """report.md of a many-task search from `multitask.finish`'s summary."""
+    """report.md of a many-task search (`multitask.write_joint_results`)."""
     names = summary["objectives"]
     test = summary["outlier_test"]
     lines = [

@@ -199,7 +199,7 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
     if not len(pool):
         raise ValueError(f"No subnet found that satisfies {constraints!r}.")
     pool = np.unique(np.asarray(space.canonicalize(pool)), axis=0)
-    pred = np.asarray(result.predictor.predict(pool))
+    pred = np.asarray(result.predictors[0].predict(pool))
     F = np.concatenate([pred[:, None], np.asarray(fn(jnp.asarray(pool)))], -1)
     order = np.argsort(~np.asarray(tradeoff.nondominated(F)), kind="stable")
     pick = pool[order[:n_evaluate]]

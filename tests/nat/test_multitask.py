@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,8 +15,6 @@ from PIL import Image
 from experiments.configs import transfer as transfer_cfg
 from nat_jax.model import supernet, supernet_set
 from nat_jax.nat import multitask, run_config
-from nat_jax.search import evolution
-from nat_jax.space import objectives
 from nat_jax.space import search_space as ss
 from nat_jax.train import evaluation
 
@@ -74,7 +71,7 @@ def specs(tmp_path_factory):
 def run(specs, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     tasks = multitask.load_tasks(specs, CFG)
-    summary = multitask.run(tasks, _config(), out)
+    summary = multitask.run_joint_search(tasks, _config(), out)
     return tasks, out, summary
 
 
@@ -159,9 +156,9 @@ def test_rerun_resumes_without_measuring_and_other_settings_are_refused(
         raise AssertionError("a finished run measured again")
 
     monkeypatch.setattr(evaluation, "evaluate_subnets", fail)
-    assert multitask.run(tasks, _config(), out)["pick"] == summary["pick"]
+    assert multitask.run_joint_search(tasks, _config(), out)["pick"] == summary["pick"]
     with pytest.raises(ValueError, match="holds a different many-task search.*seed"):
-        multitask.run(tasks, _config(seed=1), out)
+        multitask.run_joint_search(tasks, _config(seed=1), out)
 
 
 def test_mismatched_space_is_a_one_line_error(specs, tmp_path):
@@ -181,11 +178,11 @@ def test_mismatched_space_is_a_one_line_error(specs, tmp_path):
 ])
 def test_bad_objectives_are_one_line_errors(text, msg):
     with pytest.raises(ValueError, match=msg):
-        multitask.objective_names(text, ("a", "b"))
+        multitask.joint_objective_names(text, ("a", "b"))
 
 
 def test_objective_names_expand_top1_error_per_task():
-    names, rest = multitask.objective_names("top1_error,madds", ("a", "b"))
+    names, rest = multitask.joint_objective_names("top1_error,madds", ("a", "b"))
     assert names == ("top1_error:a", "top1_error:b", "madds") and rest == ("madds",)
 
 
@@ -206,54 +203,23 @@ def test_cli_refuses_a_missing_task_in_one_line(tmp_path):
     assert "does not exist" in out.stderr and len(out.stderr.strip().split("\n")) == 1
 
 
-# ------------------------------------------------- search_many on known tasks
-def test_twelve_objectives_predictors_recover_each_task():
-    """11 tasks + MAdds. Each task's error is a different linear function of
-    the genes; with every member seeing all samples and features, the cubic
-    RBF with a linear tail (Algorithm 2) reproduces a linear function
-    exactly, so each candidate's predicted error must equal its own task's
-    function (a task mix-up or a column shift would show)."""
-    space, n_tasks = ss.SearchSpace.tiny(), 11
-    genes = np.unique(np.asarray(space.canonicalize(
-        space.sample(jax.random.key(0), 60))), axis=0)[:40]
-    w = np.asarray(jax.random.normal(jax.random.key(1), (n_tasks, space.num_genes)))
-
-    def true(g):
-        return 50.0 + np.asarray(g, np.float64) @ w.T     # [n, T]
-
-    fn = objectives.complexity_fn(space, ("madds",))
-    cfg = evolution.SearchConfig(pop_size=64, generations=3, n_members=4,
-                                 sample_fraction=1.0, feature_fraction=1.0,
-                                 n_candidates=6, pad_multiple=16)
-    res = multitask.search_many(jax.random.key(2), space, genes, true(genes), fn,
-                                cfg)
-    c = np.asarray(res.candidates)
-    f = np.asarray(res.candidate_objectives)
-    assert f.shape == (6, n_tasks + 1) and np.all(np.asarray(res.candidate_valid))
-    assert len({tuple(r) for r in c}) == 6
-    assert not {tuple(r) for r in c} & {tuple(r) for r in genes}
-    np.testing.assert_array_equal(c, np.asarray(space.canonicalize(c)))
-    np.testing.assert_allclose(f[:, :n_tasks], true(c), atol=0.05)
-    np.testing.assert_allclose(f[:, n_tasks:], np.asarray(fn(jnp.asarray(c))),
-                               rtol=1e-5)
-    for t in (0, n_tasks - 1):
-        np.testing.assert_allclose(np.asarray(res.predictors[t].predict(c)),
-                                   true(c)[:, t], atol=0.05)
+def test_joint_config_takes_the_transfer_config_and_the_overrides():
+    c = multitask.joint_config(CFG, "top1_error,madds", evaluate=3, pop_size=10,
+                               iterations=2)
+    assert (c.search.n_candidates, c.search.pop_size, c.iterations) == (3, 10, 2)
+    assert c.search.generations == CFG.search.generations
+    assert c.archive_init == CFG.search.archive_init
+    assert c.tradeoff == run_config.high_tradeoff_kwargs(CFG.final)
+    assert multitask.joint_config(CFG, "top1_error,madds",
+                                  evaluate=10 ** 6).search.n_candidates == (
+        CFG.search.pop_size)
+    with pytest.raises(ValueError, match="--archive_init=-1 is invalid"):
+        multitask.joint_config(CFG, "top1_error,madds", archive_init=-1)
 
 
-def test_each_task_trains_on_the_shared_rows_plus_only_its_own():
-    space = ss.SearchSpace.tiny()
-    g = np.unique(np.asarray(space.canonicalize(space.sample(jax.random.key(3),
-                                                              20))), axis=0)
-    shared, own = g[:4], g[4:9]
-    errors = np.arange(8, dtype=np.float32).reshape(4, 2)
-    own_err = np.array([1.0, np.nan, 3.0, 4.0, 5.0], np.float32)
-    # Task 1's own rows: one duplicates a shared row (the shared value wins),
-    # one was never measured (NaN): both are dropped.
-    own_genes = np.concatenate([own[:4], shared[:1]])
-    xs, ys = multitask.training_sets(space, shared, errors,
-                                     [None, (own_genes, own_err)])
-    np.testing.assert_array_equal(xs[0], shared)
-    np.testing.assert_array_equal(ys[0], errors[:, 0])
-    np.testing.assert_array_equal(xs[1], np.concatenate([shared, own[[0, 2, 3]]]))
-    np.testing.assert_array_equal(ys[1], [1, 3, 5, 7, 1, 3, 4])
+def test_a_first_task_without_config_json_is_refused_in_one_line(specs):
+    """The settings come from the first task's config.json: a bare supernet
+    set first is refused (never searched with some built-in config)."""
+    with pytest.raises(ValueError, match="has no config.json") as err:
+        multitask.search_supernets(specs, "top1_error,madds")
+    assert "\n" not in str(err.value)
