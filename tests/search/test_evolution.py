@@ -143,6 +143,7 @@ BEFORE_3_TASKS = [[0, 0, 6, 0, 7, 0], [1, 0, 9, 0, 1, 7], [0, 1, 2, 0, 4, 7],
                   [0, 0, 2, 0, 1, 0], [0, 1, 5, 0, 4, 7], [0, 0, 6, 0, 4, 0]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg,want", [
     # 6 archive members in a population of 8, no generation: at most 2
     # eligible, the other 6 candidates are the top-up samples.
@@ -166,6 +167,7 @@ def test_one_task_core_gives_the_single_task_candidates_of_before(cfg, want):
         assert np.all(np.asarray(res.candidate_valid)) and len(res.predictors) == 1
 
 
+@pytest.mark.slow
 def test_three_task_core_gives_the_many_task_candidates_of_before():
     g = np.unique(np.asarray(TINY.canonicalize(TINY.sample(jax.random.key(0), 60))),
                   axis=0)[:30]
