@@ -82,7 +82,7 @@ class SearchConfig:
     feature_fraction: float = 0.7
     n_candidates: int = 8
     pad_multiple: int = 64
-    predictor_bounds: str = "data"
+    predictor_bounds: str = "space"
 
     def __post_init__(self):
         if self.predictor_bounds not in PREDICTOR_BOUNDS:
