@@ -94,13 +94,16 @@ def _many_tasks() -> dict:
     import dataclasses
     import pathlib
 
+    import ml_collections
+
     from nat_jax.nat import multitask, run_config
+    from nat_jax.runtime import workdir
 
     specs = multitask.parse_tasks(_DIR.value)
     cfg = None
     for path, _ in specs:
         if (pathlib.Path(path) / "config.json").is_file():
-            cfg = run_config.read_config(path)
+            cfg = ml_collections.ConfigDict(workdir.read_config(path))
             break
     if cfg is None:
         from experiments.configs import transfer as transfer_config

@@ -360,7 +360,8 @@ def load_task(path: str, dataset: str | None, fallback_config,
         raise ValueError(f"Task {path} does not exist; give a transfer --workdir or "
                          f"SUPERNET_DIR=DATASET.")
     if (p / "config.json").is_file() and (p / "archive.json").is_file():
-        cfg, archive, supernets, ds = retarget.load_workdir(p)
+        plan, archive, supernets = retarget.load_workdir(p)
+        cfg, ds = plan.config, plan.task.dataset
         if dataset is not None:
             ds = data.load(dataset)
         picks = ()
@@ -676,8 +677,8 @@ def run(tasks: Sequence[Task], config: MultiTaskConfig, workdir,
     num_classes = tasks[0].dataset.num_classes
     fn, feasible_fn = retarget.constrained_fn(space, complexity, cons, num_classes,
                                               config.latency_table)
-    plain = run_config.complexity_fn(complexity, space, num_classes,
-                                     config.latency_table)
+    plain = run_config.complexity_objectives(complexity, space, num_classes,
+                                             config.latency_table)
     run_cfg = {"tasks": [{"name": t.name, "source": os.path.abspath(t.source),
                           "dataset": t.dataset.spec.name,
                           "num_classes": t.dataset.num_classes,
