@@ -10,17 +10,18 @@ instead of evaluating a supernet. Problems:
 * `2obj`: (synthetic top-1 error, MAdds);
 * `3obj`: (synthetic top-1 error, MAdds, #params);
 
-MAdds and #params are exact (`run_config.complexity_fn`, the function the
-transfer loop gets from its `Task`; wrapped in `PaddedRows` so that host-side
-calls compile once per 64 rows, values unchanged).
+MAdds and #params are exact (`objectives.complexity_fn`, the function the
+transfer loop gets in its plan's `TransferTask`; wrapped in `PaddedRows` so
+that host-side calls compile once per 64 rows, values unchanged).
 
 The mode logic is the transfer loop's own code: `transfer.initial_archive`
-(line 2) and `transfer.search` (lines 6-11: `predictor_train_set`, i.e.
+(line 2) and `transfer.search_step` (lines 6-11: `predictor_train_set`, i.e.
 Algorithm 4 on A's measured objectives in "paper" mode and the whole history
 in "authors" mode, `evolution.search`, then `Selection(A ∪ P_t, N)` or the
 K-candidate growth), called with a host-side stand-in of the loop's `_Run`
-that holds what those functions read (config, task space/names/complexity,
-PRNG key, search config, a scratch workdir, an ETA sink). The mode settings
+that holds what those functions read (the run's `run_config.TransferPlan`
+with this benchmark's task space/names/complexity, PRNG key, a scratch
+workdir, an ETA sink). The mode settings
 come from `experiments/configs/transfer.py:paper`, with `archive_update`,
 `predictor_train_size` (0 in "authors" mode, as the README's authors recipe)
 and the sizes below overridden. Both modes start from archives of the same
@@ -79,6 +80,7 @@ from experiments.configs import transfer as transfer_configs
 from nat_jax.nat import run_config, transfer
 from nat_jax.runtime import progress as progress_lib
 from nat_jax.search import evolution, rank_stats, tradeoff
+from nat_jax.space import objectives
 
 PROBLEMS = {"2obj": ("top1_error", "madds"),
             "3obj": ("top1_error", "madds", "params")}
@@ -89,7 +91,7 @@ MARGIN = 0.25  # lower corner of the HV box: sample min - MARGIN x range
 # Default sizes: Table 2's search (population 100, 100 generations, K = 8)
 # with 200 RBFs (Table 2: 500, `--members=500`) and the archive scaled down
 # from N = 300 / top-100 to N = 100 / top-50, so that both modes, both
-# problems and 3 seeds run on 2 cores in about 3 minutes.
+# problems and 3 seeds fit a short run (each run's seconds are printed).
 # "authors" runs `authors_iterations` (0 = enough to measure as many subnets
 # as "paper" measures in its first iteration, at most min(pop, N) + N) so that
 # the fronts also meet at an equal number of true evaluations.
@@ -126,7 +128,6 @@ def mode_config(mode: str, sizes: dict):
         n_candidates=sizes["n_candidates"], pop_size=sizes["pop_size"],
         generations=sizes["generations"], n_members=sizes["n_members"],
         pad_multiple=sizes["pad_multiple"])
-    run_config.validate(c)      # the ranges a real run would accept
     return c
 
 
@@ -150,15 +151,18 @@ class PaddedRows:
 
 def stand_in_run(config, workdir: str, names, complexity, seed: int,
                  predictor_bounds: str = "data"):
-    """What `transfer.initial_archive` / `transfer.search` read of a `_Run`;
-    the search config's `predictor_bounds` is set to `predictor_bounds`."""
-    task = types.SimpleNamespace(space=SPACE, names=tuple(names),
-                                 complexity=complexity)
-    search_cfg = dataclasses.replace(run_config.search_config(config.search),
-                                     predictor_bounds=predictor_bounds)
+    """What `transfer.initial_archive` / `transfer.search_step` read of a
+    `_Run`: the plan of `config` (validated: the ranges a real run would
+    accept) with this benchmark's space, objectives and complexity, and the
+    search config's `predictor_bounds` set to `predictor_bounds`."""
+    plan = run_config.plan(config)
+    task = run_config.TransferTask(SPACE, plan.task.dataset, tuple(names),
+                                   complexity)
+    plan = dataclasses.replace(plan, task=task, search=dataclasses.replace(
+        plan.search, predictor_bounds=predictor_bounds))
     return types.SimpleNamespace(
-        config=config, workdir=pathlib.Path(workdir), task=task,
-        key=jax.random.key(seed), search_cfg=search_cfg, eta=progress_lib.RunEta())
+        plan=plan, workdir=pathlib.Path(workdir), key=jax.random.key(seed),
+        eta=progress_lib.RunEta())
 
 
 def measure(archive, among) -> int:
@@ -236,7 +240,7 @@ def run_mode(mode: str, problem: str, seed: int, sizes: dict, complexity,
         for it in range(iterations(mode, sizes)):
             if it:                      # a supernet run re-measures A (line 5)
                 run_evals += len(archive.working_at(it))
-            transfer.search(r, archive, it)                    # lines 6-11
+            transfer.search_step(r, archive, it)               # lines 6-11
             run_evals += measure(archive, archive.working_at(it + 1))
             rows.append(dict(snapshot(archive, names, box, it + 1),
                              run_evals=run_evals))
@@ -276,8 +280,8 @@ def benchmark(sizes: dict, problems=tuple(PROBLEMS), seeds: int | None = None,
     runs, boxes = [], {}
     for problem in problems:
         # One complexity function per problem: the search compiles once for it.
-        fn = PaddedRows(run_config.complexity_fn(PROBLEMS[problem][1:], SPACE,
-                                                 1000, ""))
+        fn = PaddedRows(objectives.complexity_fn(SPACE, PROBLEMS[problem][1:],
+                                                 1000))
         box = hv_box(fn)
         boxes[problem] = {"lower": box[0].tolist(), "upper": box[1].tolist()}
         for seed in range(seeds):

@@ -214,13 +214,14 @@ def run_evaluation(s: Suite, space):
     from nat_jax.data import datasets as data
     from nat_jax.data import pipeline
     from nat_jax.model import supernet
+    from nat_jax.train import calibration
     from nat_jax.train import evaluation as ev
 
     a = s.args
     ds = data.load(data.EMBEDDED)
     model, variables = supernet.init_supernet(space, 1.0, 10, jax.random.key(0))
     cfg = ev.EvalConfig(batch_size=a.eval_batch, calib_images=a.calib_images,
-                        calib_batch_size=min(200, a.calib_images))
+                        calib_batch_size=calibration.batch_size(a.calib_images))
     genes = np.array(space.sample(jax.random.key(3), a.eval_subnets + 1))
     genes[:, 0] = space.resolution_index(a.eval_resolution)
     genes[:, 1] = space.width_index(1.0)

@@ -51,14 +51,13 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Prepared data directory.")
 
 
 def transfer_dataset(supernet_dir: str) -> tuple[str | None, str | None]:
-    """(dataset, data_dir) recorded in a transfer workdir's config.json."""
-    path = pathlib.Path(supernet_dir) / "config.json"
-    if not path.is_file():
+    """(dataset, data_dir) recorded in a transfer workdir's config.json;
+    (None, None) for a supernet set or checkpoint directory (no config.json)."""
+    from nat_jax.runtime import workdir
+
+    if not (pathlib.Path(supernet_dir) / "config.json").is_file():
         return None, None
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ValueError(f"{path} is corrupt.") from None
+    cfg = workdir.read_config(supernet_dir)
     return cfg.get("dataset"), cfg.get("data_dir") or None
 
 

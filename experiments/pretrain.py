@@ -72,12 +72,13 @@ def _subset(split, n):
 def evaluate_corners(model, variables, space, split, calib_split, config,
                      resolutions):
     """{"<corner>@<res>": top-1 %} of the corner subnets on `split`."""
-    from nat_jax.train import evaluation
+    from nat_jax.train import calibration, evaluation
     from nat_jax.train import progressive_shrinking as pretrain
 
     ecfg = evaluation.EvalConfig(batch_size=config.eval_batch_size,
                                  calib_images=config.calib_images,
-                                 calib_batch_size=min(200, config.calib_images))
+                                 calib_batch_size=calibration.batch_size(
+                                     config.calib_images))
     names, genes = [], []
     for r in resolutions:
         for name, g in pretrain.corner_genes(space, model.width, r).items():

@@ -45,15 +45,12 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    from nat_jax.nat import run_config  # after flag parsing: keeps --help fast
+    cli.quiet_library_logs()
+    from nat_jax.nat import transfer  # after flag parsing: keeps --help fast
 
     config = _CONFIG.value
-    run_config.validate(config)
-    cli.quiet_library_logs()
-    from nat_jax.nat import transfer
-
     logging.info("Workdir %s; config:\n%s", _WORKDIR.value, config)
-    summary = transfer.run(config, _WORKDIR.value)
+    summary = transfer.run(config, _WORKDIR.value)  # validates before any write
     print(f"Done. Report: {os.path.join(_WORKDIR.value, 'report.md')}; "
           f"{len(summary['front'])} nondominated subnets, picks {summary['picks']}.")
 

@@ -1,9 +1,10 @@
 """NAT transfer configs: `paper` (Table 2 / section 4.4), `tiny`, `test`.
 
-`tiny` (the default) is a real transfer on 2 CPU cores in under 10 minutes:
-the shipped Fashion-MNIST supernets of the `small` space (both widths, w1.0
-and w1.2, the width gene searched) to MNIST (`mnist_mini`),
-classifier reset, Algorithm 1 with a working archive of N = 40. `test` is the
+`tiny` (the default) is a real transfer sized for a small CPU (its time: the
+README's default-run table): the shipped Fashion-MNIST supernets of the
+`small` space (both widths, w1.0 and w1.2, the width gene searched) to MNIST
+(`mnist_mini`), classifier reset, Algorithm 1 with a working archive of
+N = 40. `test` is the
 smoke-test size of tests/nat/test_transfer.py.
 
 Usage:
@@ -16,9 +17,10 @@ Override any field: --config.search.generations=50 --config.adapt.batch_size=64
 --config.dataset etc.; they are the same field, with this file's default.)
 
 This file is the only place that holds a default of a transfer run: every
-field has the name of the library argument it becomes (nat_jax.nat.run_config
-passes each one explicitly), and nat_jax.nat.run_config.validate checks each
-field's range before anything runs.
+field has the name of the library field it becomes (nat_jax.nat.run_config.plan
+passes each one explicitly into a typed TransferPlan; the dataclass defaults
+equal this file's, tests/nat/test_run_config.py), and
+nat_jax.nat.run_config.validate checks each field's range before anything runs.
 """
 
 import ml_collections
@@ -119,7 +121,7 @@ def get_config(variant: str = "tiny") -> ml_collections.ConfigDict:
         c.space = "small"
         c.dataset = "mnist_mini"
         c.supernet = "pretrained:small_fashion_mnist"   # w1.0/ and w1.2/
-        c.resolutions = (28,)          # one compile per phase: 10 min on 2 cores
+        c.resolutions = (28,)          # one resolution: one compile per phase
         c.search.update(iterations=4, archive_size=40, predictor_train_size=20,
                         archive_init=12, n_candidates=4,
                         pop_size=32, generations=30, n_members=100)

@@ -55,7 +55,7 @@ from nat_jax.model import subnet as subnet_lib
 from nat_jax.runtime import checkpoint, sharding
 from nat_jax.runtime import workdir as workdir_lib
 from nat_jax.space import search_space as ss
-from nat_jax.train import evaluation, training
+from nat_jax.train import calibration, evaluation, training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,7 +347,7 @@ def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
                     drop_connect_rate=cfg.drop_connect_rate)
     train_split = data.full_train_split(ds)
     r = arch.resolution
-    calib_bs = max(n_dev, min(200, calib_images) // n_dev * n_dev)
+    calib_bs = calibration.batch_size(calib_images, n_dev)
     calib = pipeline.calibration_batches(train_split, r, calib_images, calib_bs,
                                          seed=cfg.seed, num_devices=n_dev)
     variables = evaluation.recalibrate_static_bn(sub, variables, calib)

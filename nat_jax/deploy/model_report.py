@@ -37,9 +37,10 @@ from nat_jax.model import subnet as subnet_lib
 from nat_jax.model import supernet as supernet_lib
 from nat_jax.model import supernet_set
 from nat_jax.runtime import sharding
+from nat_jax.runtime import workdir as workdir_lib
 from nat_jax.space import objectives
 from nat_jax.space import search_space as ss
-from nat_jax.train import evaluation
+from nat_jax.train import calibration, evaluation
 
 
 def _at_resolution(arch: ss.Arch, space: ss.SearchSpace, resolution: int | None
@@ -131,7 +132,7 @@ def evaluate_front(workdir: str, dataset: str | None = None,
         raise ValueError(f"which must be 'front' or 'picks', got {which!r}.")
     result = json.loads((wd / "result.json").read_text())
     entries = json.loads((wd / "archive.json").read_text())["entries"]
-    cfg = json.loads((wd / "config.json").read_text())
+    cfg = workdir_lib.read_config(wd)
     name, ds = _load_dataset(dataset, data_dir or cfg.get("data_dir") or None,
                              cfg.get("dataset"))
     space = supernet_set.set_space(str(wd))
@@ -145,7 +146,7 @@ def evaluate_front(workdir: str, dataset: str | None = None,
 
     train = data.full_train_split(ds)
     n_dev = sharding.data_mesh().size
-    calib_bs = max(n_dev, min(200, calib_images) // n_dev * n_dev)
+    calib_bs = calibration.batch_size(calib_images, n_dev)
     cal = pipeline.CalibrationSet(train, calib_images, calib_bs, seed,
                                   num_devices=n_dev)
     rows = []

@@ -54,6 +54,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -168,7 +169,8 @@ def load_task_supernet(path: str, dataset: str | None, fallback_config,
     """
     p = _existing(path)
     if (p / "config.json").is_file() and (p / "archive.json").is_file():
-        cfg, archive, supernets, ds = retarget.load_workdir(p)
+        plan, archive, supernets = retarget.load_workdir(p)
+        cfg, ds = plan.config, plan.task.dataset
         if dataset is not None:
             ds = data.load(dataset)
         picks = ()
@@ -407,8 +409,8 @@ def run_joint_search(tasks: Sequence[TaskSupernet], config: MultiTaskConfig,
     num_classes = tasks[0].dataset.num_classes
     fn, feasible_fn = retarget.constrained_fn(space, complexity, cons, num_classes,
                                               config.latency_table)
-    plain = run_config.complexity_fn(complexity, space, num_classes,
-                                     config.latency_table)
+    plain = run_config.complexity_objectives(complexity, space, num_classes,
+                                             config.latency_table)
     run_cfg = {"tasks": [{"name": t.name, "source": os.path.abspath(t.source),
                           "dataset": t.dataset.spec.name,
                           "num_classes": t.dataset.num_classes,
@@ -623,7 +625,7 @@ def search_supernets(supernet_dirs: str, objectives: str, constraints: str = "",
     specs = parse_tasks(supernet_dirs)
     for path, _ in specs:
         _existing(path)
-    config = run_config.read_config(specs[0][0])
+    config = ml_collections.FrozenConfigDict(workdir_lib.read_config(specs[0][0]))
     settings = joint_config(config, objectives, constraints, seed, evaluate,
                             generations, iterations, pop_size, archive_init,
                             latency_table)

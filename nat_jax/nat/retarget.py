@@ -33,6 +33,7 @@ from nat_jax.data import pipeline
 from nat_jax.model import supernet_set
 from nat_jax.nat import report as report_lib
 from nat_jax.nat import run_config
+from nat_jax.runtime import workdir as workdir_lib
 from nat_jax.search import evolution, tradeoff
 from nat_jax.search.archive import Archive
 from nat_jax.train import evaluation
@@ -69,9 +70,11 @@ def constrained_fn(space, names, constraints, num_classes, latency_table: str = 
     Returns (fn, feasible_fn): fn(genes) -> float32[n, m]; feasible_fn(genes)
     -> bool[n].
     """
-    base = run_config.complexity_fn(names, space, num_classes, latency_table)
-    cons = run_config.complexity_fn([c for c, _ in constraints], space, num_classes,
-                                    latency_table) if constraints else None
+    base = run_config.complexity_objectives(names, space, num_classes,
+                                            latency_table)
+    cons = run_config.complexity_objectives(
+        [c for c, _ in constraints], space, num_classes,
+        latency_table) if constraints else None
     limits = jnp.asarray([v for _, v in constraints], jnp.float32)
 
     def violation(genes):
@@ -95,10 +98,13 @@ def output_name(names, constraints) -> str:
     return "search_" + "_".join(parts)
 
 
-def load_workdir(workdir: str | pathlib.Path):
-    """(config, archive, supernets, dataset) of a finished transfer run.
+def load_workdir(workdir: str | pathlib.Path
+                 ) -> tuple[run_config.TransferPlan, Archive, dict]:
+    """(plan, archive, supernets) of a finished transfer run.
 
-    `supernets` is {width: (model, variables)}, one per width of the run's
+    `plan` is the run's config.json resolved (`run_config.plan`: its data
+    loaded, `plan.task.dataset`); `supernets` is {width: (model,
+    variables)}, one per width of the run's
     supernet set (every model's space is the archive's: the run's space with
     the set's widths, so one genotype decodes the same on every width).
 
@@ -112,10 +118,10 @@ def load_workdir(workdir: str | pathlib.Path):
             raise FileNotFoundError(
                 f"{workdir} has no {name}: pass the --workdir of a finished "
                 f"experiments.transfer run.")
-    cfg = run_config.read_config(workdir)
-    run_config.validate(cfg, num_devices=1)  # e.g. names from an older version
+    # validated: e.g. field names of an older version are refused in one line
+    plan = run_config.plan(workdir_lib.read_config(workdir), num_devices=1)
     widths = supernet_set.widths(workdir)
-    space = dataclasses.replace(run_config.run_space(cfg), widths=widths)
+    space = dataclasses.replace(plan.task.space, widths=widths)
     entries = json.loads((workdir / "archive.json").read_text()).get("entries", [])
     missing = sorted({float(e["width"]) for e in entries if "width" in e}
                      - set(widths))
@@ -125,8 +131,7 @@ def load_workdir(workdir: str | pathlib.Path):
                          f"restore the missing supernet/w<width>/ folder(s).")
     archive = Archive.load(workdir / "archive.json", space)
     supernets = {w: supernet_set.load_set_width(workdir, w, space) for w in widths}
-    dataset = run_config.load_dataset(cfg)
-    return cfg, archive, supernets, dataset
+    return plan, archive, supernets
 
 
 def evaluate_set(supernets, genes_list, space, dataset_split, calib_split,
@@ -176,15 +181,16 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
     t0 = time.time()
     names = run_config.objective_names(objective_names)
     cons = parse_constraints(constraints)
-    cfg, archive, supernets, dataset = load_workdir(workdir)
-    table = latency_table or cfg.get("latency_table", "")
+    plan, archive, supernets = load_workdir(workdir)
+    dataset = plan.task.dataset
+    table = latency_table or plan.latency_table
     space = archive.space
     fn, feasible = constrained_fn(space, names[1:], cons, dataset.num_classes, table)
-    sconf = run_config.search_config(cfg.search)
+    sconf = plan.search
     if generations is not None:
-        sconf = evolution.SearchConfig(**{**sconf.__dict__, "generations": generations})
-    sconf = evolution.SearchConfig(**{**sconf.__dict__, "n_candidates": min(
-        max(n_evaluate, 1), sconf.pop_size)})
+        sconf = dataclasses.replace(sconf, generations=generations)
+    sconf = dataclasses.replace(sconf, n_candidates=min(max(n_evaluate, 1),
+                                                        sconf.pop_size))
     # The final working archive A (paper mode): its members were measured with
     # the final weights; older history members were measured with older ones.
     final = np.zeros(len(archive), bool)
@@ -204,12 +210,12 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
     order = np.argsort(~np.asarray(tradeoff.nondominated(F)), kind="stable")
     pick = pool[order[:n_evaluate]]
     logging.info("Measuring %d subnets on the adapted supernet.", len(pick))
+    ecfg = plan.eval
     res = evaluate_set(
-        supernets, list(pick), space, dataset.val, dataset.train,
-        run_config.eval_config(cfg),
-        calibration=pipeline.CalibrationSet(dataset.train, cfg.eval.calib_images,
-                                            cfg.eval.calib_batch_size, cfg.seed))
-    objs = np.asarray(run_config.complexity_fn(
+        supernets, list(pick), space, dataset.val, dataset.train, ecfg,
+        calibration=pipeline.CalibrationSet(dataset.train, ecfg.calib_images,
+                                            ecfg.calib_batch_size, ecfg.calib_seed))
+    objs = np.asarray(run_config.complexity_objectives(
         names[1:], space, dataset.num_classes, table)(jnp.asarray(pick)))
     arc = Archive(space)
     arc.add(pick, iteration=0,
@@ -222,7 +228,7 @@ def search_workdir(workdir, objective_names: str, constraints: str = "",
     out.mkdir(parents=True, exist_ok=True)
     arc.save(out / "front.json")
     report_lib.plot_front(out / "front.png", arc, names, front, [], {},
-                         title=f"{cfg.dataset}: {', '.join(names[1:])}"
+                         title=f"{dataset.spec.name}: {', '.join(names[1:])}"
                                + (f" ({constraints})" if constraints else ""))
     summary = {"objectives": list(names), "constraints": constraints,
                "output": str(out),

@@ -1,29 +1,33 @@
-"""From a run's config (experiments/configs/transfer.py) to library objects.
+"""From a run's config (experiments/configs/transfer.py) to one typed plan.
 
-The one place where config fields become arguments, shared by `transfer`,
-`retarget` and the entry points. Every field keeps its name from the flag
-to the function (`--config.search.mutation_eta` is
+`plan(config)` is the one place where config fields become library objects:
+it validates the config (once), loads the data, builds the objectives and
+returns a frozen `TransferPlan` that `transfer.run` and `retarget` read; no
+raw ConfigDict travels further. Every field keeps its name from the flag
+to the dataclass field (`--config.search.mutation_eta` is
 `evolution.SearchConfig.mutation_eta`), and every field is passed
-explicitly, so the config file is the only source of defaults.
+explicitly, so the config file is the only source of defaults (the
+dataclass defaults equal it: tests/nat/test_run_config.py).
 
 * `validate(config)`: every field's type and range, without any I/O beyond
   checking that named files exist; one-line ValueErrors that name the flag.
-* `run_space`, `objective_names`, `complexity_fn`, `search_config`,
-  `adapt_config`, `eval_config`: one object each.
-* `load_task(config)`: validates, then loads the data and builds the
-  objectives: everything a run needs to know before it writes a file.
+* `plan(config)`: `validate`, then the data and the objectives: everything
+  a run needs to know before it writes a file.
+* `run_space`, `objective_names`, `complexity_objectives`, `search_config`,
+  `adapt_config`, `eval_config`, `final_config`: the pieces, one object each.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import numbers
-import os
 import pathlib
 from typing import Any, Callable
 
+import ml_collections
+
 from nat_jax.data import datasets as data
+from nat_jax.nat import task_supernet
 from nat_jax.search import evolution, operators, tradeoff
 from nat_jax.space import objectives
 from nat_jax.space import search_space as ss
@@ -33,15 +37,6 @@ SPACES = ss.SPACE_NAMES
 MAX_OBJECTIVES = 12   # NAT handles 2 to 12 objectives (paper section 1)
 # search.archive_update: Algorithm 1 line 11 ("paper") or nsganetv2's growth.
 ARCHIVE_UPDATES = ("paper", "authors")
-
-
-def get_space(name: str) -> ss.SearchSpace:
-    """The named search space (`search_space.SPACE_NAMES`)."""
-    try:
-        return ss.get_space(name)
-    except ValueError:
-        raise ValueError(f"Unknown search space {name!r}; use --config.space=one of "
-                         f"{list(SPACES)}.") from None
 
 
 def parse_widths(text) -> tuple[float, ...]:
@@ -85,7 +80,10 @@ def run_space(config) -> ss.SearchSpace:
     width of the space: the paper searches the width multiplier, Sec. 3.2,
     one supernet per width) and, if `config.resolutions` is set, restricted
     to those resolutions."""
-    space = get_space(config.space)
+    if config.space not in SPACES:
+        raise ValueError(f"Unknown search space {config.space!r}; use "
+                         f"--config.space=one of {list(SPACES)}.")
+    space = ss.get_space(config.space)
     widths = configured_widths(config) or space.widths
     bad_w = [w for w in widths if w not in space.widths]
     if bad_w:
@@ -115,12 +113,14 @@ def objective_names(text: str) -> tuple[str, ...]:
     return names
 
 
-def complexity_fn(names, space: ss.SearchSpace, num_classes: int,
-                  latency_table: str = "") -> Callable:
-    """`objectives.complexity_fn` for the non-error objectives `names`.
+def complexity_objectives(names, space: ss.SearchSpace, num_classes: int,
+                          latency_table: str = "") -> Callable:
+    """`objectives.complexity_fn` for the non-error objectives `names`, with
+    the "latency" objective (ms) of a latency table.
 
-    With `latency_table` (a file from experiments.build_latency_table) the
-    objective "latency" (ms) is the table's prediction for `space`.
+    `latency_table` is a file from experiments.build_latency_table; "latency"
+    is then its prediction for `space` (the table needs the deploy layer,
+    which the space layer's `objectives.complexity_fn` cannot import).
 
     Returns:
       A jittable genes int32[n, num_genes] -> float32[n, len(names)].
@@ -148,6 +148,128 @@ def _check_latency_file(path: str) -> None:
         raise ValueError(f"Latency table {path} not found; build one on the target "
                          f"device with python -m experiments.build_latency_table "
                          f"--output={path}")
+
+
+# ------------------------------------------------------- the typed pieces
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Algorithm 1's outer loop: the `search` block's fields that are not
+    `evolution.SearchConfig`'s (built by `plan`, validated there).
+
+    Attributes:
+      iterations: NAT iterations (Table 2: 30).
+      archive_update: "paper" (line 11, `A <- Selection(A u P_t, N)`) or
+        "authors" (nsganetv2: K candidates added, A is the whole history).
+      archive_size: N, the working archive's size in "paper" mode.
+      predictor_train_size: top-ranked members of A the predictor is fitted
+        on (Table 2: 100; 0 = every measured subnet).
+      archive_init: uniform samples of the initial archive, "authors" mode.
+    """
+
+    iterations: int
+    archive_update: str
+    archive_size: int
+    predictor_train_size: int
+    archive_init: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptEpochs:
+    """How long each adaptation round is: the `adapt` block's fields that are
+    not `adaptation.AdaptConfig`'s (built by `plan`, validated there).
+
+    Attributes:
+      epochs_per_iter: epochs per NAT iteration (paper: 5).
+      warmup_epochs: epochs per width before the first evaluation.
+      batch_size: global training batch.
+      max_steps_per_epoch: cap on the steps of an epoch (0 = full epochs).
+    """
+
+    epochs_per_iter: int
+    warmup_epochs: int
+    batch_size: int
+    max_steps_per_epoch: int
+
+    def steps_per_epoch(self, num_train: int) -> int:
+        """Steps of one epoch over `num_train` training images (>= 1)."""
+        n = num_train // self.batch_size
+        return max(1, min(n, self.max_steps_per_epoch) if self.max_steps_per_epoch
+                   else n)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinalConfig:
+    """The final choice (Appendix C): `tradeoff.high_tradeoff` picks plus the
+    most accurate subnet of the front.
+
+    Attributes:
+      num_tradeoff: high trade-off subnets picked.
+      tradeoff_variant: "paper", "authors" or "all" (`tradeoff.TRADEOFF_VARIANTS`).
+      tradeoff_neighbors: neighbours of the trade-off (0 = the paper's m).
+      tradeoff_epsilon: the neighbourhood ball of the "authors" variant.
+    """
+
+    num_tradeoff: int = 4
+    tradeoff_variant: str = "paper"
+    tradeoff_neighbors: int = 0
+    tradeoff_epsilon: float = 0.125
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferTask:
+    """What a run is about, checked before anything is written.
+
+    Attributes:
+      space: the run's search space (its widths, resolutions restricted).
+      dataset: the loaded data (train/val/test splits).
+      names: objective names, "top1_error" first.
+      complexity: genes int32[n, num_genes] -> float32[n, len(names) - 1].
+    """
+
+    space: ss.SearchSpace
+    dataset: data.Dataset
+    names: tuple[str, ...]
+    complexity: Callable
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferPlan:
+    """A transfer config resolved once: what every phase of a run reads.
+
+    Attributes:
+      config: the config as given (frozen): written to config.json (a rerun
+        with another config is refused) and summarised in report.md.
+      seed: the run's seed (PRNG keys, loader order, calibration draws).
+      task: the space, data and objectives.
+      supernet: where the starting supernets come from (`task_supernet`).
+      loop: Algorithm 1's outer loop (iterations, archive update and sizes).
+      search: one evolutionary search (Algorithms 2-4).
+      adapt: the supernet adaptation (Algorithm 5, Eq. 3).
+      epochs: the length of each adaptation round and its batch.
+      eval: BN re-calibration and validation (seeded by `seed`).
+      final: the high trade-off picks (Appendix C).
+      baselines: {name: (top-1 error %, one value per objective)} for plots.
+      latency_table: the latency table file of the "latency" objective, or "".
+      compile_cache: keep compiled programs in WORKDIR/jax_cache.
+    """
+
+    config: ml_collections.FrozenConfigDict
+    seed: int
+    task: TransferTask
+    supernet: task_supernet.SupernetSource
+    loop: LoopConfig
+    search: evolution.SearchConfig
+    adapt: adaptation.AdaptConfig
+    epochs: AdaptEpochs
+    eval: evaluation.EvalConfig
+    final: FinalConfig
+    baselines: dict[str, tuple[float, ...]]
+    latency_table: str
+    compile_cache: bool
 
 
 def search_config(s) -> evolution.SearchConfig:
@@ -179,61 +301,62 @@ def eval_config(config) -> evaluation.EvalConfig:
         subnets_per_call=e.subnets_per_call, cache_bytes=e.cache_bytes)
 
 
+def final_config(f) -> FinalConfig:
+    """FinalConfig from the config's `final` block."""
+    return FinalConfig(num_tradeoff=f.num_tradeoff,
+                       tradeoff_variant=f.tradeoff_variant,
+                       tradeoff_neighbors=f.tradeoff_neighbors,
+                       tradeoff_epsilon=f.tradeoff_epsilon)
+
+
 def high_tradeoff_kwargs(f) -> dict[str, Any]:
-    """Keyword arguments of `tradeoff.high_tradeoff` from the `final` block."""
+    """Keyword arguments of `tradeoff.high_tradeoff` from a FinalConfig (or
+    the config's `final` block)."""
     return dict(n_neighbors=f.tradeoff_neighbors or None,
                 variant=f.tradeoff_variant, epsilon=f.tradeoff_epsilon)
 
 
-def load_dataset(config) -> data.Dataset:
-    """The configured dataset (DataNotFoundError names the prepare command)."""
-    return data.load(config.dataset, data_dir=config.data_dir or None)
+def plan(config, num_devices: int | None = None) -> TransferPlan:
+    """Validates `config` and resolves it into a TransferPlan.
 
+    Args:
+      config: a ConfigDict of experiments/configs/transfer.py (overridden),
+        or the dict of a run's config.json (`workdir.read_config`).
+      num_devices: devices the global batches are split over (default: all
+        of `jax.devices()`).
 
-def read_config(workdir: str | os.PathLike):
-    """The ConfigDict of a transfer workdir's config.json."""
-    import ml_collections
-
-    path = pathlib.Path(workdir) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"{workdir} has no config.json: pass the --workdir of an "
-                         f"experiments.transfer run.")
-    try:
-        return ml_collections.ConfigDict(json.loads(path.read_text()))
-    except json.JSONDecodeError:
-        raise ValueError(f"{path} is corrupt.") from None
-
-
-# ------------------------------------------------------------- the task
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """What a run is about, checked before anything is written.
-
-    Attributes:
-      space: the run's search space (its widths, resolutions restricted).
-      dataset: the loaded data (train/val/test splits).
-      names: objective names, "top1_error" first.
-      complexity: genes int32[n, num_genes] -> float32[n, len(names) - 1].
+    Raises:
+      ValueError: a bad field (one line naming the flag; see `validate`),
+        an unknown objective or a missing latency table.
+      data.DataNotFoundError: the data is not prepared (names the command).
     """
-
-    space: ss.SearchSpace
-    dataset: data.Dataset
-    names: tuple[str, ...]
-    complexity: Callable
-
-    @property
-    def num_classes(self) -> int:
-        return self.dataset.num_classes
-
-
-def load_task(config) -> Task:
-    """Validates `config`, loads its data and builds its objectives."""
-    validate(config)
+    if not isinstance(config, ml_collections.ConfigDict):
+        config = ml_collections.ConfigDict(config)
+    validate(config, num_devices)
     space = run_space(config)
     names = objective_names(config.objectives)
-    dataset = load_dataset(config)
-    fn = complexity_fn(names[1:], space, dataset.num_classes, config.latency_table)
-    return Task(space, dataset, names, fn)
+    dataset = data.load(config.dataset, data_dir=config.data_dir or None)
+    complexity = complexity_objectives(names[1:], space, dataset.num_classes,
+                                       config.latency_table)
+    s, a = config.search, config.adapt
+    return TransferPlan(
+        config=ml_collections.FrozenConfigDict(config), seed=config.seed,
+        task=TransferTask(space, dataset, names, complexity),
+        supernet=task_supernet.SupernetSource(
+            config.supernet, reset_classifier=config.reset_classifier,
+            dropout_rate=a.dropout_rate),
+        loop=LoopConfig(iterations=s.iterations, archive_update=s.archive_update,
+                        archive_size=s.archive_size,
+                        predictor_train_size=s.predictor_train_size,
+                        archive_init=s.archive_init),
+        search=search_config(s), adapt=adapt_config(a),
+        epochs=AdaptEpochs(epochs_per_iter=a.epochs_per_iter,
+                           warmup_epochs=a.warmup_epochs, batch_size=a.batch_size,
+                           max_steps_per_epoch=a.max_steps_per_epoch),
+        eval=eval_config(config), final=final_config(config.final),
+        baselines={k: tuple(float(x) for x in v)
+                   for k, v in dict(config.baselines).items()},
+        latency_table=config.latency_table, compile_cache=config.compile_cache)
 
 
 # ------------------------------------------------------------ validation

@@ -11,7 +11,8 @@ converted supernet directory (experiments.convert_ofa) or an official OFA
 one of them and replaces the classifier with a fresh one when the task has
 other classes or `reset_classifier` is set (paper section 4.4: "the last
 linear layer is reset"; the saved metadata does not record the dataset, so
-the config says it); `from_config` does that for every width of a run, or
+the config says it); `starting_supernets` does that for every width of a
+run (its `SupernetSource`, part of `run_config.TransferPlan`), or
 initialises random supernets when none is given. `resolve` turns
 "pretrained:NAME" into the supernet(s) shipped under
 nat_jax/assets/pretrained/NAME, so a config names them from any cwd.
@@ -199,10 +200,27 @@ def load_for_task(directory: str, space: ss.SearchSpace, num_classes: int,
     return model, variables
 
 
-def from_config(config, space: ss.SearchSpace, num_classes: int, key: jax.Array
-                ) -> dict[float, tuple]:
-    """The run's starting supernets, one per width of `space`:
-    `config.supernet`, else random ones.
+@dataclasses.dataclass(frozen=True)
+class SupernetSource:
+    """Where a run's starting supernets come from (`--config.supernet` and
+    the fields that shape the loaded models).
+
+    Attributes:
+      value: a `--config.supernet` value (see `sources`); "" = random init.
+      reset_classifier: re-initialise the classifier even when the class
+        count agrees (paper section 4.4).
+      dropout_rate: dropout before the classifier during adaptation.
+    """
+
+    value: str
+    reset_classifier: bool
+    dropout_rate: float
+
+
+def starting_supernets(source: SupernetSource, space: ss.SearchSpace,
+                       num_classes: int, key: jax.Array) -> dict[float, tuple]:
+    """The run's starting supernets, one per width of `space`: those of
+    `source.value`, else random ones.
 
     Width w (the i-th of `space.widths`) gets the classifier / random
     initialisation key `fold_in(key, i)`.
@@ -214,13 +232,13 @@ def from_config(config, space: ss.SearchSpace, num_classes: int, key: jax.Array
       FileNotFoundError, ValueError: see `sources`, `check_covers`,
         `load_for_task` (all one line).
     """
-    dropout = config.adapt.dropout_rate
+    dropout = source.dropout_rate
     keys = {w: jax.random.fold_in(key, i) for i, w in enumerate(space.widths)}
-    if config.supernet:
-        found = sources(config.supernet)
-        check_covers(found, space, config.supernet)
+    if source.value:
+        found = sources(source.value)
+        check_covers(found, space, source.value)
         return {w: load_for_task(found[w], space, num_classes, keys[w], dropout,
-                                 reset_classifier=config.reset_classifier, width=w)
+                                 reset_classifier=source.reset_classifier, width=w)
                 for w in space.widths}
     logging.warning("No --supernet given: starting from RANDOMLY initialised "
                     "supernets (fine for the CPU demo; for real transfer convert "

@@ -34,9 +34,11 @@ the smallest subnet at the smallest resolution (size N, Table 2: 300); in
 "authors" mode `search.archive_init` samples plus the smallest (at the
 smallest resolution, as nsganetv2's `initialize`) and the largest subnet.
 Every subnet ever measured stays in `archive.json` with its latest
-measurement; its "working" map records A per iteration. Config-to-objects
-lives in `run_config`, the starting supernet in `task_supernet`, the
-workdir protocol in `workdir`.
+measurement; its "working" map records A per iteration. The config is
+resolved once into a `run_config.TransferPlan` (validated, data loaded,
+objectives built) at `run`'s entry, and every phase reads only the plan; the
+starting supernets come from `task_supernet`, the workdir protocol from
+`workdir`.
 
 Everything a rerun needs lives in `workdir`: `config.json`, `data.json`
 (the split's fingerprint: a rerun on other data is refused), `archive.json`
@@ -69,9 +71,9 @@ import pathlib
 import shutil
 import signal
 import time
-from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -90,8 +92,14 @@ from nat_jax.train import adaptation, evaluation, training
 
 
 # ----------------------------------------------------------- Algorithm 1
-def run(config, workdir: str | os.PathLike) -> dict:
-    """Runs (or resumes) NAT with `config` in `workdir`; returns the summary.
+def run(config: ml_collections.ConfigDict | run_config.TransferPlan,
+        workdir: str | os.PathLike) -> dict:
+    """Runs (or resumes) NAT in `workdir`; returns the summary.
+
+    Args:
+      config: a transfer config (experiments/configs/transfer.py), resolved
+        here once by `run_config.plan`, or a plan already resolved.
+      workdir: where the run lives; rerunning the same config resumes.
 
     Raises:
       ValueError, FileNotFoundError: a bad config field, missing data, an
@@ -99,21 +107,22 @@ def run(config, workdir: str | os.PathLike) -> dict:
         another run or of other data; all before anything is written.
     """
     workdir = pathlib.Path(workdir)
-    run_config.validate(config)
-    if _finished(workdir, config):
+    plan = (config if isinstance(config, run_config.TransferPlan)
+            else run_config.plan(config))                  # validated, data loaded
+    if _finished(workdir, plan):
         logging.info("%s holds a finished run; nothing to do.", workdir)
         return json.loads((workdir / "result.json").read_text())
-    key = jax.random.key(config.seed)
-    task = run_config.load_task(config)                    # data and objectives
-    supernets = task_supernet.from_config(                 # one per width
-        config, task.space, task.num_classes, jax.random.fold_in(key, 2))
-    _claim_workdir(workdir, config, task.dataset)          # the first write
-    if config.compile_cache:  # resumed runs and re-evaluations reuse programs
+    key = jax.random.key(plan.seed)
+    task = plan.task
+    supernets = task_supernet.starting_supernets(          # one per width
+        plan.supernet, task.space, task.num_classes, jax.random.fold_in(key, 2))
+    _claim_workdir(workdir, plan)                          # the first write
+    if plan.compile_cache:  # resumed runs and re-evaluations reuse programs
         compile_cache.enable(str(workdir / "jax_cache"))
-    r = _setup(config, workdir, task, supernets, key)
+    r = _setup(plan, workdir, supernets, key)
     archive = initial_archive(r)                           # line 2
     done = {m["iteration"] for m in workdir_lib.read_jsonl(workdir / "metrics.jsonl")}
-    for it in range(config.search.iterations):
+    for it in range(plan.loop.iterations):
         if it in done:
             continue
         times = {}  # seconds per phase, and "<phase>_compile" of those
@@ -123,7 +132,7 @@ def run(config, workdir: str | os.PathLike) -> dict:
             n_eval = evaluate_pending(r, archive, it + 1, archive.working_at(it))
         if it + 1 not in archive.working:
             with compile_cache.phase(times, "search"):     # lines 6-11
-                search(r, archive, it)
+                search_step(r, archive, it)
         with compile_cache.phase(times, "evaluate_new"):
             n_eval += evaluate_pending(r, archive, it + 1,
                                        archive.working_at(it + 1))
@@ -139,19 +148,16 @@ def run(config, workdir: str | os.PathLike) -> dict:
 class _Run:
     """What the phases of one run share (host side); `states` change.
 
+    `plan` is the resolved config (the only settings the phases read);
     `models` and `states` hold one supernet and one train state per width
     of the run's space (ascending widths).
     """
 
-    config: Any
+    plan: run_config.TransferPlan
     workdir: pathlib.Path
-    task: run_config.Task
     models: dict[float, supernet_lib.Supernet]
     key: jax.Array
     mesh: jax.sharding.Mesh
-    adapt_cfg: adaptation.AdaptConfig
-    eval_cfg: evaluation.EvalConfig
-    search_cfg: evolution.SearchConfig
     steps_per_round: list[int]
     ckpt: checkpoint.TrainCheckpointer
     loader: pipeline.TrainLoader
@@ -173,24 +179,24 @@ class _Run:
         return {w: s.variables() for w, s in self.states.items()}
 
 
-def _finished(workdir: pathlib.Path, config) -> bool:
+def _finished(workdir: pathlib.Path, plan: run_config.TransferPlan) -> bool:
     """True when `workdir` holds a finished run of this very config."""
-    done, cfg = workdir / "progress.json", workdir / "config.json"
-    if not (done.is_file() and cfg.is_file()):
+    done = workdir / "progress.json"
+    if not done.is_file():
         return False
     try:
         finished = json.loads(done.read_text()).get("done")
-        same = not workdir_lib.config_diff(json.loads(cfg.read_text()),
-                                           config.to_dict())
-    except json.JSONDecodeError:
-        return False  # check_config names the corrupt file
+        same = not workdir_lib.config_diff(workdir_lib.read_config(workdir),
+                                           plan.config.to_dict())
+    except ValueError:  # no or corrupt config.json: check_config writes or names it
+        return False
     return bool(finished and same)
 
 
-def _claim_workdir(workdir: pathlib.Path, config, dataset: data.Dataset) -> None:
+def _claim_workdir(workdir: pathlib.Path, plan: run_config.TransferPlan) -> None:
     """Writes (or checks) config.json and the data split's fingerprint."""
-    workdir_lib.check_config(workdir, config.to_dict())
-    check_split(workdir, dataset)
+    workdir_lib.check_config(workdir, plan.config.to_dict())
+    check_split(workdir, plan.task.dataset)
 
 
 def check_split(workdir: pathlib.Path, dataset: data.Dataset) -> None:
@@ -220,29 +226,26 @@ def check_split(workdir: pathlib.Path, dataset: data.Dataset) -> None:
     workdir_lib.write_json(path, info)
 
 
-def _setup(config, workdir: pathlib.Path, task: run_config.Task, supernets: dict,
+def _setup(plan: run_config.TransferPlan, workdir: pathlib.Path, supernets: dict,
            key: jax.Array) -> _Run:
     """Mesh, step plan, train states and loader (restored if checkpointed).
 
     Args:
       supernets: {width: (model, variables)}, one per width of the space.
     """
-    a = config.adapt
-    n = len(task.dataset.train) // a.batch_size
-    steps_per_epoch = max(1, min(n, a.max_steps_per_epoch) if a.max_steps_per_epoch
-                          else n)
+    task, e = plan.task, plan.epochs
+    steps_per_epoch = e.steps_per_epoch(len(task.dataset.train))
     # The warm-up trains the reset classifiers before anything is ranked
     # (fidelity A2); each width's supernet has its own, and Eq. 3 on the
     # uniform initial archive splits the steps about evenly, so the warm-up
     # is `warmup_epochs` per width.
-    steps_per_round = [a.warmup_epochs * steps_per_epoch * len(supernets)] + [
-        a.epochs_per_iter * steps_per_epoch] * (config.search.iterations - 1)
-    adapt_cfg = run_config.adapt_config(a)
+    steps_per_round = [e.warmup_epochs * steps_per_epoch * len(supernets)] + [
+        e.epochs_per_iter * steps_per_epoch] * (plan.loop.iterations - 1)
     mesh = sharding.data_mesh()
     ckpt = checkpoint.TrainCheckpointer(str(workdir / "ckpt"), max_to_keep=2)
     models = {w: m for w, (m, _) in supernets.items()}
     states = adaptation.create_train_states(
-        models, {w: v for w, (_, v) in supernets.items()}, adapt_cfg,
+        models, {w: v for w, (_, v) in supernets.items()}, plan.adapt,
         max(sum(steps_per_round), 1), jax.random.fold_in(key, 1))
     if ckpt.latest_step() is not None:  # every width's state + the global step
         tree, extra = ckpt.restore(adaptation.checkpoint_tree(states))
@@ -252,14 +255,12 @@ def _setup(config, workdir: pathlib.Path, task: run_config.Task, supernets: dict
         logging.info("Resuming adaptation from global step %d.",
                      adaptation.global_step(states))
     else:
-        loader = pipeline.TrainLoader(task.dataset.train, a.batch_size,
-                                      seed=config.seed, num_devices=mesh.size)
+        loader = pipeline.TrainLoader(task.dataset.train, e.batch_size,
+                                      seed=plan.seed, num_devices=mesh.size)
     calibration = pipeline.CalibrationSet(
-        task.dataset.train, config.eval.calib_images, config.eval.calib_batch_size,
-        seed=config.seed, num_devices=mesh.size)
-    return _Run(config=config, workdir=workdir, task=task, models=models, key=key,
-                mesh=mesh, adapt_cfg=adapt_cfg, eval_cfg=run_config.eval_config(config),
-                search_cfg=run_config.search_config(config.search),
+        task.dataset.train, plan.eval.calib_images, plan.eval.calib_batch_size,
+        seed=plan.eval.calib_seed, num_devices=mesh.size)
+    return _Run(plan=plan, workdir=workdir, models=models, key=key, mesh=mesh,
                 steps_per_round=steps_per_round, ckpt=ckpt, loader=loader,
                 calibration=calibration, states=states, eta=progress_lib.RunEta(
                     {"adapt": "steps", "evaluate": "subnets", "search": "searches"}))
@@ -276,15 +277,15 @@ def initial_archive(r: _Run) -> Archive:
     working archive.
     """
     path = r.workdir / "archive.json"
-    space = r.task.space
+    space = r.plan.task.space
     if path.exists():
         arc = Archive.load(path, space)
         logging.info("Resuming: archive of %d subnets from %s", len(arc), path)
         return arc
     arc = Archive(space)
-    s = r.config.search
-    paper = s.archive_update == "paper"
-    n = s.archive_size - 1 if paper else s.archive_init
+    loop = r.plan.loop
+    paper = loop.archive_update == "paper"
+    n = loop.archive_size - 1 if paper else loop.archive_init
     init = np.asarray(space.sample(jax.random.fold_in(r.key, 3), n)).reshape(
         n, space.num_genes)
     ends = [space.encode(space.min_arch(resolution=space.resolutions[0]))]
@@ -298,8 +299,9 @@ def initial_archive(r: _Run) -> Archive:
 
 
 def _objectives(r: _Run, genes: np.ndarray) -> list[dict[str, float]]:
-    vals = np.asarray(r.task.complexity(np.asarray(genes, np.int32)))
-    return [{n: float(v) for n, v in zip(r.task.names[1:], row)} for row in vals]
+    task = r.plan.task
+    vals = np.asarray(task.complexity(np.asarray(genes, np.int32)))
+    return [{n: float(v) for n, v in zip(task.names[1:], row)} for row in vals]
 
 
 def adapt_round(r: _Run, archive: Archive, it: int
@@ -314,7 +316,8 @@ def adapt_round(r: _Run, archive: Archive, it: int
     if done >= target:
         return r.states
     probs = adaptation.gene_distribution(               # Eq. 3 over A
-        r.task.space, archive.genes()[archive.working_at(it)], r.adapt_cfg.floor)
+        r.plan.task.space, archive.genes()[archive.working_at(it)],
+        r.plan.adapt.floor)
     logging.info("Adaptation round %d: global steps %d..%d of %d", it, done, target,
                  r.total_steps)
     prog = progress_lib.Progress(f"adapt round {it}", target - done)
@@ -324,7 +327,7 @@ def adapt_round(r: _Run, archive: Archive, it: int
         _maybe_kill("adapt", step + 1)
 
     states, m = adaptation.adapt(r.states, r.models, r.loader, probs,
-                                 target - done, r.adapt_cfg, mesh=r.mesh,
+                                 target - done, r.plan.adapt, mesh=r.mesh,
                                  checkpointer=r.ckpt, progress=progress)
     logging.info("Adaptation round %d done: mean loss %.3f, %.0f images/s, "
                  "steps per width %s", it, m["loss"], m["images_per_s"],
@@ -362,7 +365,8 @@ def evaluate_pending(r: _Run, archive: Archive, version: int,
 
     evaluation.evaluate_subnets(
         r.models, r.variables(), [archive.entries[i].genes for i in todo],
-        r.task.space, r.task.dataset.val, r.task.dataset.train, r.eval_cfg,
+        r.plan.task.space, r.plan.task.dataset.val, r.plan.task.dataset.train,
+        r.plan.eval,
         mesh=r.mesh, progress=record, calibration=r.calibration)
     r.eta.observe("evaluate", prog.seconds_per_unit)
     _log_eta(r, archive, version - 1)
@@ -415,8 +419,8 @@ def predictor_train_set(r: _Run, archive: Archive, it: int) -> np.ndarray:
     measured objectives; 0 = every measured subnet of the history (the
     authors' nsganetv2 fits on its whole archive).
     """
-    size = r.config.search.predictor_train_size
-    F = archive.objective_matrix(r.task.names)
+    size = r.plan.loop.predictor_train_size
+    F = archive.objective_matrix(r.plan.task.names)
     if size == 0:
         return np.flatnonzero(np.isfinite(F[:, 0]))
     A = np.asarray(archive.working_at(it), np.int64)
@@ -425,7 +429,7 @@ def predictor_train_set(r: _Run, archive: Archive, it: int) -> np.ndarray:
     return A[top]
 
 
-def search(r: _Run, archive: Archive, it: int) -> float:
+def search_step(r: _Run, archive: Archive, it: int) -> float:
     """Fits the predictor, searches and updates A (lines 6-11 of Algorithm 1).
 
     Records the working archive of iteration it + 1 (see the module
@@ -434,14 +438,15 @@ def search(r: _Run, archive: Archive, it: int) -> float:
     """
     t0 = time.time()
     train = predictor_train_set(r, archive, it)
-    result = evolution.search(jax.random.fold_in(r.key, 1000 + it), r.task.space,
+    task = r.plan.task
+    result = evolution.search(jax.random.fold_in(r.key, 1000 + it), task.space,
                               archive.genes()[train], archive.errors()[train],
-                              r.task.complexity, r.search_cfg)
-    if r.config.search.archive_update == "paper":
+                              task.complexity, r.plan.search)
+    if r.plan.loop.archive_update == "paper":
         _select_archive(r, archive, it, result)
     else:
         ok = np.asarray(result.candidate_valid)
-        cands = np.asarray(r.task.space.canonicalize(
+        cands = np.asarray(task.space.canonicalize(
             np.asarray(result.candidates)))[ok]
         pred_err = np.asarray(result.candidate_objectives)[ok, 0]
         added = archive.add(cands, iteration=it + 1, objectives=_objectives(r, cands))
@@ -465,10 +470,10 @@ def _select_archive(r: _Run, archive: Archive, it: int,
     join the history (unmeasured, with their predicted top-1); survivors of
     the history outside A are re-measured like every member of A.
     """
-    names = r.task.names
+    names = r.plan.task.names
     A = archive.working_at(it)
     F_A = archive.objective_matrix(names)[A]
-    pop = np.asarray(r.task.space.canonicalize(np.asarray(result.population)))
+    pop = np.asarray(r.plan.task.space.canonicalize(np.asarray(result.population)))
     pop_f = np.asarray(result.objectives, np.float64)
     in_a = {archive.entries[i].genes for i in A}
     rows, seen = [], set()
@@ -479,7 +484,7 @@ def _select_archive(r: _Run, archive: Archive, it: int,
         rows.append(j)
     rows = np.asarray(rows, np.int64)
     F = np.concatenate([F_A, pop_f[rows]]) if len(rows) else F_A
-    keep = rank_top(F, r.config.search.archive_size,
+    keep = rank_top(F, r.plan.loop.archive_size,
                     jax.random.fold_in(r.key, 3000 + it))
     working = [A[i] for i in keep if i < len(A)]
     new_rows = rows[[i - len(A) for i in keep if i >= len(A)]]
@@ -500,13 +505,14 @@ def record_iteration(r: _Run, archive: Archive, it: int, times: dict) -> None:
     metrics = iteration_metrics(r, archive, it, times)
     workdir_lib.append_jsonl(r.workdir / "metrics.jsonl", metrics)
     tb_events.write_scalars(r.workdir / "tensorboard", it, metrics)
+    task = r.plan.task
     report_lib.plot_front(r.workdir / "plots" / f"front_iter_{it:02d}.png", archive,
-                         r.task.names, front_indices(archive, r.task.names,
-                                                     archive.working_at(it + 1)), [],
-                         r.config.baselines.to_dict(),
-                         title=f"NAT on {r.config.dataset}: iteration {it}")
+                         task.names, front_indices(archive, task.names,
+                                                   archive.working_at(it + 1)), [],
+                         r.plan.baselines,
+                         title=f"NAT on {task.dataset.spec.name}: iteration {it}")
     logging.info("Iteration %d/%d: archive %d, HV %.4f, best top-1 %.2f%%, "
-                 "tau(new) %.2f", it + 1, r.config.search.iterations,
+                 "tau(new) %.2f", it + 1, r.plan.loop.iterations,
                  metrics["archive_size"], metrics["hypervolume"],
                  metrics["best_top1"], metrics["kendall_tau_new"])
 
@@ -514,12 +520,13 @@ def record_iteration(r: _Run, archive: Archive, it: int, times: dict) -> None:
 def finish(r: _Run, archive: Archive) -> dict:
     """Front, high trade-off picks, plots, report.md, the params-only task
     supernets (supernet/w<width>/, one per width of the run)."""
-    names = r.task.names
+    plan = r.plan
+    names = plan.task.names
     F = archive.objective_matrix(names)
-    final = archive.working_at(r.config.search.iterations)
+    final = archive.working_at(plan.loop.iterations)
     front = front_indices(archive, names, final)
-    k = min(r.config.final.num_tradeoff, len(front))
-    kwargs = run_config.high_tradeoff_kwargs(r.config.final)
+    k = min(plan.final.num_tradeoff, len(front))
+    kwargs = run_config.high_tradeoff_kwargs(plan.final)
     Fn = F[front] / normaliser(archive, names)
     picks = [int(front[i]) for i in np.asarray(tradeoff.high_tradeoff(Fn, k,
                                                                        **kwargs))]
@@ -538,9 +545,9 @@ def finish(r: _Run, archive: Archive) -> dict:
                "outlier_test": outlier, "supernet_dir": str(supernet_dir)}
     (r.workdir / "result.json").write_text(json.dumps(summary, indent=1))
     report_lib.plot_front(r.workdir / "plots" / "front_final.png", archive, names,
-                         front, picks, r.config.baselines.to_dict(),
-                         title=f"NAT on {r.config.dataset}: final archive")
-    report_lib.write_report(r.workdir / "report.md", r.config, archive, names, front,
+                         front, picks, plan.baselines,
+                         title=f"NAT on {plan.task.dataset.spec.name}: final archive")
+    report_lib.write_report(r.workdir / "report.md", plan.config, archive, names, front,
                            picks, workdir_lib.read_jsonl(r.workdir / "metrics.jsonl"),
                            outlier=outlier, working=final)
     return summary
@@ -566,7 +573,8 @@ def iteration_metrics(r: _Run, archive: Archive, it: int,
                       times: dict[str, float]) -> dict:
     """Hypervolume, predictor rank correlation on the new members, sizes,
     members of A per width."""
-    names = r.task.names
+    task = r.plan.task
+    names = task.names
     F = archive.objective_matrix(names)
     A = np.asarray(archive.working_at(it + 1), np.int64)
     ok = A[np.isfinite(F[A]).all(-1)]
@@ -582,15 +590,15 @@ def iteration_metrics(r: _Run, archive: Archive, it: int,
                                     np.ones(len(names)) * 1.0, key=jax.random.key(it)))
     best = archive.entries[int(ok[np.argmin(F[ok, 0])])]
     used = archive.working_at(it)                  # what adaptation round it used
-    probs = adaptation.gene_distribution(r.task.space, archive.genes()[used],
-                                         r.adapt_cfg.floor)
+    probs = adaptation.gene_distribution(task.space, archive.genes()[used],
+                                         r.plan.adapt.floor)
     return {"iteration": it, "archive_size": int(len(A)),
             "history_size": len(archive),
             "hypervolume": hv, "kendall_tau_new": tau, "spearman_new": rho,
             "best_top1": best.top1,
             "n_front": int(len(front_indices(archive, names, A))),
             "eq3_count": len(used), "eq3_entropy": gene_entropy(probs),
-            "width_counts": width_counts(r.task.space, archive.genes()[A]),
+            "width_counts": width_counts(task.space, archive.genes()[A]),
             "times_s": times}
 
 
@@ -630,12 +638,12 @@ def front_indices(archive: Archive, names, among=None) -> np.ndarray:
 # ------------------------------------------------------------- progress
 def _log_eta(r: _Run, archive: Archive, it: int) -> None:
     """One 'whole run: ETA ...' line from the remaining work of each phase."""
-    s = r.config.search
-    iters = s.iterations
+    loop, s = r.plan.loop, r.plan.search
+    iters = loop.iterations
     searched = it + 1 in archive.working
     size = len(archive.working_at(it + 1))
-    if s.archive_update == "paper":   # about half of A renewed per search
-        k, grow = min(s.pop_size, s.archive_size) // 2, 0
+    if loop.archive_update == "paper":   # about half of A renewed per search
+        k, grow = min(s.pop_size, loop.archive_size) // 2, 0
     else:
         k = grow = s.n_candidates
     size += 0 if searched else grow

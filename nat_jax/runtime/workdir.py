@@ -1,7 +1,8 @@
 """The workdir protocol shared by every resumable entry point.
 
-A workdir holds `config.json` (the run's full config; a rerun with the same
-config resumes, a different one is refused), JSON-lines logs read back by
+A workdir holds `config.json` (the run's full config, read back by
+`read_config`; a rerun with the same config resumes, a different one is
+refused), JSON-lines logs read back by
 `read_jsonl` (a line cut by a crash is dropped), and, for a finished
 transfer run, `result.json`, `archive.json` and the task supernet set under
 `supernet/` (one supernet per width multiplier, `supernet/w1.0/`,
@@ -48,6 +49,27 @@ def config_diff(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
+def _read_json(path: pathlib.Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"{path} is corrupt; use a new --workdir.") from None
+
+
+def read_config(workdir: str | os.PathLike) -> dict:
+    """The config a run wrote to WORKDIR/config.json (the one reader of it).
+
+    Raises:
+      ValueError: one line naming the workdir when it has no config.json (not
+        a run's workdir), or naming a corrupt config.json.
+    """
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{workdir} has no config.json: pass the --workdir of a "
+                         f"run (experiments.transfer writes one).")
+    return _read_json(path)
+
+
 def check_config(workdir: str | os.PathLike, config_dict: dict,
                  filename: str = "config.json", what: str = "run") -> None:
     """Writes `filename`, or checks that an existing one is the same run.
@@ -59,10 +81,7 @@ def check_config(workdir: str | os.PathLike, config_dict: dict,
     workdir = pathlib.Path(workdir)
     path = workdir / filename
     if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise ValueError(f"{path} is corrupt; use a new --workdir.") from None
+        old = _read_json(path)
         diff = config_diff(old, config_dict)
         if diff:
             a, b = flatten(old), flatten(json.loads(json.dumps(config_dict)))

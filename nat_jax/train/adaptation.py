@@ -85,12 +85,9 @@ class AdaptConfig:
         "switch" (default: only the sampled subnet's branches) or "masked"
         (the largest subnet's work with inactive weights zeroed; one program
         for every subnet, vmappable). Same losses, gradients and BN updates
-        (tests/model/test_supernet.py, tests/train/test_adaptation.py). With the C++
-        depthwise kernels on CPU, switch measured 1.13-1.26x OFA's PyTorch
-        step and 1.3-1.4x the masked step, compiling in 27-29 s per
-        resolution for OFA w1.0 at 192 px (`benchmarks.supernet_step`);
-        before them it compiled 3x longer than masked, which is why masked
-        was the default.
+        (tests/model/test_supernet.py, tests/train/test_adaptation.py). Their
+        step times and compile times, against OFA's PyTorch step, are
+        measured by benchmarks/supernet_step.py.
     """
 
     lr: float = 0.01

@@ -6,9 +6,11 @@ for an extracted static subnet: the one re-calibration of nat-jax). OFA and
 NAT re-calibrate before reporting any subnet's accuracy measured with the
 weights inherited from the supernet (NAT Sec. 3; OFA's recipe: 2,000
 training images, biased variance, batch-size weighted, momentum unused;
-../shared DESIGN.md Sec. 3). `predict` gives eval-mode logits. Both accept an
-input size outside the search space's resolutions through `resolution=` (the
-network is fully convolutional; OFA's published subnets use e.g. 160 px).
+../shared DESIGN.md Sec. 3). `batch_size` is the re-calibration batch every
+caller uses (OFA's 200 images, split evenly over the devices). `predict`
+gives eval-mode logits. Both accept an input size outside the search
+space's resolutions through `resolution=` (the network is fully
+convolutional; OFA's published subnets use e.g. 160 px).
 """
 
 from __future__ import annotations
@@ -23,6 +25,26 @@ import jax.numpy as jnp
 
 from nat_jax.model import layers, supernet
 from nat_jax.space import search_space as ss
+
+# OFA's set_running_statistics re-calibrates on batches of 200 images.
+OFA_BATCH_SIZE = 200
+
+
+def batch_size(num_images: int, num_devices: int = 1) -> int:
+    """The re-calibration batch for `num_images` images over `num_devices`.
+
+    OFA's 200 images per batch (all of them when there are fewer), rounded
+    down to a multiple of `num_devices` so the batch splits evenly, and at
+    least one image per device.
+
+    Raises:
+      ValueError: `num_images` or `num_devices` below 1.
+    """
+    if num_images < 1 or num_devices < 1:
+        raise ValueError(f"Calibration needs >= 1 image and >= 1 device, got "
+                         f"num_images={num_images}, num_devices={num_devices}.")
+    per = min(OFA_BATCH_SIZE, num_images) // num_devices * num_devices
+    return max(num_devices, per)
 
 
 @functools.partial(jax.jit, static_argnums=0)

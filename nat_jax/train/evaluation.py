@@ -48,18 +48,19 @@ class EvalConfig:
     Attributes:
       batch_size: global evaluation batch (the last batch is padded).
       calib_images: BN re-calibration images (OFA: 2000).
-      calib_batch_size: re-calibration batch size (OFA: 200; statistics are
-        batch-size weighted averages, see `calibration.recalibrate_bn`).
+      calib_batch_size: re-calibration batch size (OFA's 200,
+        `calibration.OFA_BATCH_SIZE`; statistics are batch-size weighted
+        averages, see `calibration.recalibrate_bn`).
       calib_seed: seed of the calibration images and augmentation draws.
-      subnets_per_call: subnets evaluated per compiled call (vmap); 1 is
-        the fastest measured on CPU (see README).
+      subnets_per_call: subnets evaluated per compiled call (vmap); which is
+        fastest on a machine is measured by benchmarks/adaptation.py.
       cache_bytes: evaluation batches of one resolution are kept in memory
         when they fit this budget, else re-rendered for each subnet.
     """
 
-    batch_size: int = 250
+    batch_size: int = 256
     calib_images: int = 2000
-    calib_batch_size: int = 200
+    calib_batch_size: int = calibration.OFA_BATCH_SIZE
     calib_seed: int = 0
     subnets_per_call: int = 1
     cache_bytes: int = 1 << 30

@@ -149,7 +149,7 @@ def test_predictor_bounds_flag_reaches_the_search(monkeypatch):
 
     monkeypatch.setattr(am.transfer.evolution, "search", spy)
     sizes = dict(SIZES, predictor_bounds="space")
-    fn = am.PaddedRows(am.run_config.complexity_fn(("madds",), am.SPACE, 1000, ""))
+    fn = am.PaddedRows(am.objectives.complexity_fn(am.SPACE, ("madds",), 1000))
     box = am.hv_box(fn)
     for mode in am.MODES:
         run = am.run_mode(mode, "2obj", 0, sizes, fn, box)

@@ -8,12 +8,11 @@ hand, and the paper's initial archive written out.
 import types
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from nat_jax.nat import transfer
+from nat_jax.nat import run_config, transfer
 from nat_jax.runtime import progress as progress_lib
 from nat_jax.search.archive import Archive
 from nat_jax.space import objectives
@@ -27,14 +26,16 @@ NAMES = ("top1_error", "madds")
 
 
 def _run(tmp_path=None, N=12, P=100, mode="paper", floor=0.0):
-    cfg = ml_collections.ConfigDict(dict(search=dict(
+    loop = run_config.LoopConfig(
         archive_size=N, predictor_train_size=P, archive_update=mode,
-        archive_init=7, iterations=3, pop_size=8, n_candidates=2)))
+        archive_init=7, iterations=3)
     fn = objectives.complexity_fn(SPACE, NAMES[1:], 10)
-    return types.SimpleNamespace(
+    plan = types.SimpleNamespace(
         task=types.SimpleNamespace(space=SPACE, names=NAMES, complexity=fn),
-        config=cfg, key=jax.random.key(0), workdir=tmp_path,
-        adapt_cfg=types.SimpleNamespace(floor=floor))
+        loop=loop, search=types.SimpleNamespace(pop_size=8, n_candidates=2),
+        adapt=types.SimpleNamespace(floor=floor))
+    return types.SimpleNamespace(plan=plan, key=jax.random.key(0),
+                                 workdir=tmp_path)
 
 
 def _distinct(n, seed):

@@ -214,7 +214,7 @@ def test_evaluate_set_measures_each_genotype_on_its_width(wd, nets):
 
 
 def test_retarget_searches_both_widths_with_exact_costs(wd, nets, tmp_path):
-    cfg, archive, sets, _ = retarget.load_workdir(wd)
+    _, archive, sets = retarget.load_workdir(wd)
     assert sorted(sets) == [1.0, 1.2] and archive.space == SPACE
     assert all(m.space == SPACE and m.width == w for w, (m, _) in sets.items())
     summary = retarget.search_workdir(wd, "top1_error,madds,params", seed=0,

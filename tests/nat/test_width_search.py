@@ -248,6 +248,11 @@ def _config(**kw):
     return ml_collections.ConfigDict(d)
 
 
+def _source(c):
+    return task_supernet.SupernetSource(c.supernet, c.reset_classifier,
+                                        c.adapt.dropout_rate)
+
+
 @pytest.mark.parametrize("widths,msg", [
     ((1.5,), "not widths of the tiny space"),
     ("1.0", "it must be a tuple of numbers"),
@@ -277,13 +282,13 @@ def test_supernets_must_cover_the_widths(tmp_path):
     c = _config(supernet=str(tmp_path / "set"))
     space = run_config.run_space(c)
     with pytest.raises(ValueError) as err:
-        task_supernet.from_config(c, space, 10, jax.random.key(0))
+        task_supernet.starting_supernets(_source(c), space, 10, jax.random.key(0))
     msg = str(err.value)
     assert "\n" not in msg and "--config.widths=1.0" in msg and "width 1.2" in msg
     # widths=1.0 pins the run to the one supernet given
     c = _config(supernet=str(tmp_path / "set"), widths=(1.0,))
-    got = task_supernet.from_config(c, run_config.run_space(c), 10,
-                                    jax.random.key(0))
+    got = task_supernet.starting_supernets(_source(c), run_config.run_space(c), 10,
+                                           jax.random.key(0))
     assert list(got) == [1.0] and got[1.0][0].space.widths == (1.0,)
 
 
@@ -293,8 +298,8 @@ def test_supernet_list_one_path_per_width(tmp_path):
     a, b = str(tmp_path / "mine_1.0"), str(tmp_path / "mine_1.2")
     assert task_supernet.sources(f"{b},{a}") == {1.0: a, 1.2: b}
     c = _config(supernet=f"{a},{b}")
-    got = task_supernet.from_config(c, run_config.run_space(c), 10,
-                                    jax.random.key(0))
+    got = task_supernet.starting_supernets(_source(c), run_config.run_space(c), 10,
+                                           jax.random.key(0))
     assert sorted(got) == [1.0, 1.2]
     assert all(got[w][0].width == w and got[w][0].space == run_config.run_space(c)
                for w in got)
