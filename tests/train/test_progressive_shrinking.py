@@ -99,10 +99,10 @@ def test_learning_rate_schedule():
     p = pretrain.Phase("kernel", (3,), (6,), (4,), 1, epochs=2, warmup_epochs=1,
                        lr=0.4, warmup_lr=0.1, kd_ratio=1.0)
     # OFA: warm-up T_cur / T_total * (lr - warmup_lr) + warmup_lr, T_cur = i + 1
-    assert pretrain.learning_rate(0, p, 10) == pytest.approx(0.1 + 0.1 * 0.3)
-    assert pretrain.learning_rate(9, p, 10) == pytest.approx(0.4)
-    assert pretrain.learning_rate(10, p, 10) == pytest.approx(0.4)
-    assert pretrain.learning_rate(20, p, 10) == pytest.approx(0.2)
+    assert p.learning_rate(0, 10) == pytest.approx(0.1 + 0.1 * 0.3)
+    assert p.learning_rate(9, 10) == pytest.approx(0.4)
+    assert p.learning_rate(10, 10) == pytest.approx(0.4)
+    assert p.learning_rate(20, 10) == pytest.approx(0.2)
 
 
 def _run(tmp, phases, steps=3, stop_after=None, seed=0):
