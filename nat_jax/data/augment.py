@@ -154,7 +154,7 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     return img[..., :3]
 
 
-def finish(images: np.ndarray, params: TrainParams | None = None) -> np.ndarray:
+def normalize(images: np.ndarray, params: TrainParams | None = None) -> np.ndarray:
     """Flip, colour jitter (if `params`), 3 channels and normalisation.
 
     Args:

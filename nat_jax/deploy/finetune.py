@@ -1,7 +1,7 @@
 """Fine-tune an extracted subnet on the full training split (NAT section 4.3).
 
     subnet, variables, net_config, space = inherit(supernet_dir, arch)
-    result = run(config, workdir, supernet_dir, arch, dataset)   # resumable
+    result = finetune(config, workdir, supernet_dir, arch, dataset)  # resumable
 
 Recipe (paper 4.3, EfficientNet-style): RMSProp (decay 0.9, momentum 0.9,
 eps 1e-3 inside the square root, TF's accumulator start of 1), weight decay
@@ -161,7 +161,7 @@ class AugmentedLoader:
                                          aug.AugmentConfig())
         x = aug.crop_resize(images, params.boxes, self.resolution)
         x = self.randaug(x, np.random.default_rng([self.seed, 3, step]))
-        return {"image": aug.finish(x, params), "label": labels.astype(np.int32)}
+        return {"image": aug.normalize(x, params), "label": labels.astype(np.int32)}
 
     def iterate(self, start_step: int, end_step: int):
         with cf.ThreadPoolExecutor(1) as pool:
@@ -297,7 +297,7 @@ def default_workdir(supernet_dir: str, arch: ss.Arch, space: ss.SearchSpace,
     return os.path.join(supernet_dir, name)
 
 
-def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
+def finetune(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
         dataset: str, data_dir: str | None = None, eval_batch_size: int = 256,
         calib_images: int = 2000) -> dict:
     """Extract, re-calibrate, evaluate, fine-tune, evaluate, export (resumable).
