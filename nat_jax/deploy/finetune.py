@@ -161,7 +161,8 @@ class AugmentedLoader:
                                          aug.AugmentConfig())
         x = aug.crop_resize(images, params.boxes, self.resolution)
         x = self.randaug(x, np.random.default_rng([self.seed, 3, step]))
-        return {"image": aug.normalize(x, params), "label": labels.astype(np.int32)}
+        return {"image": aug.to_network_input(x, params),
+            "label": labels.astype(np.int32)}
 
     def iterate(self, start_step: int, end_step: int):
         with cf.ThreadPoolExecutor(1) as pool:
