@@ -22,6 +22,7 @@ live in `nat_jax.train.calibration`.
 
 from __future__ import annotations
 
+import chex
 import flax
 import flax.linen as nn
 import jax
@@ -351,8 +352,8 @@ def check_arch(model: Supernet, arch: ss.Arch, images: jax.Array,
     if (len(arch.ks), len(arch.e), len(arch.d)) != want:
         raise ValueError(f"Arch does not fit this supernet's space: needs "
                          f"{sp.num_blocks} ks/e entries and {sp.num_stages} depths.")
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be [N, H, W, 3] (NHWC), got {images.shape}.")
+    chex.assert_shape(images, (None, None, None, 3), exception_type=ValueError,
+                      custom_message="pass images float32[N, H, W, 3] (NHWC).")
     h, w = images.shape[1:3]
     if resolution is None:
         if (h, w) != (arch.resolution, arch.resolution):
