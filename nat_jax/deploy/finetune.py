@@ -162,7 +162,7 @@ class AugmentedLoader:
         x = aug.crop_resize(images, params.boxes, self.resolution)
         x = self.randaug(x, np.random.default_rng([self.seed, 3, step]))
         return {"image": aug.to_network_input(x, params),
-            "label": labels.astype(np.int32)}
+                "label": labels.astype(np.int32)}
 
     def iterate(self, start_step: int, end_step: int):
         with cf.ThreadPoolExecutor(1) as pool:
@@ -299,8 +299,8 @@ def default_workdir(supernet_dir: str, arch: ss.Arch, space: ss.SearchSpace,
 
 
 def finetune(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
-        dataset: str, data_dir: str | None = None, eval_batch_size: int = 256,
-        calib_images: int = 2000) -> dict:
+             dataset: str, data_dir: str | None = None, eval_batch_size: int = 256,
+             calib_images: int = 2000) -> dict:
     """Extract, re-calibrate, evaluate, fine-tune, evaluate, export (resumable).
 
     Writes WORKDIR/{finetune.json (config, subnet, supernet, dataset), ckpt/,

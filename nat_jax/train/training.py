@@ -14,7 +14,8 @@ Each of those modules writes its own step as a pure `step(state, batch,
                    value (adaptation: no warm-up, 0.01 -> 0; progressive
                    shrinking: OFA's warm-up; fine-tuning: warm-up from 0).
   masked_sgd       PyTorch's SGD restricted to a subnet's weights (adaptation
-  masked_sgd_update  and progressive shrinking); `_update` applies it to a state.
+                   and progressive shrinking); `masked_sgd_update` applies it
+                   to a TrainState.
   step_metrics     {"loss", "top1", "lr", "grad_norm"} of a step.
   TrainState       params, batch_stats, opt_state, step, PRNG key and, when a
                    run keeps one, an exponential moving average of the weights.
