@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -336,7 +337,7 @@ def test_embedded_asset_builder_on_synthetic_idx_files(tmp_path):
         assert d["class_names"][0] == "t-shirt_top"
 
 
-def test_embedded_asset_builder_on_a_synthetic_csv(tmp_path):
+def test_embedded_asset_builder_on_a_synthetic_csv(tmp_path, monkeypatch):
     """mnist_mini: per digit the first 400 rows train, the next 100 test."""
     build = _asset_builder()
     rng = np.random.default_rng(1)
@@ -360,6 +361,16 @@ def test_embedded_asset_builder_on_a_synthetic_csv(tmp_path):
     assert np.all(np.diff(rows["train"]) > 0)        # file order
     with pytest.raises(ValueError, match="build one of"):
         build.build("cifar_mini")
+    # prepare rebuilds the embedded dataset it is asked for (the builder is
+    # copied: it writes next to itself, here not into the package)
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(os.path.join(data.ASSETS, "build_mini.py"), assets)
+    monkeypatch.setattr(data, "ASSETS", str(assets))
+    msg = prepare.prepare("mnist_mini", source=str(tmp_path / "m.csv.gz"))
+    assert msg == f"rebuilt {assets / 'mnist_mini.npz'}"
+    with np.load(assets / "mnist_mini.npz") as d:
+        assert tuple(d["class_names"]) == build.DATASETS["mnist_mini"]["class_names"]
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist_mini", "mnist_mini"])
