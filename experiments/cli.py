@@ -152,14 +152,11 @@ def run(main: Callable[[list[str]], None]) -> None:
     app.run(one_line_errors(main), argv=argv, flags_parser=_parse_flags)
 
 
-class _DropLibraryInfo(logging.Filter):
-    """Drops INFO records logged from inside orbax (dozens per checkpoint)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
-
-
 def quiet_library_logs() -> None:
-    """Keeps the run's own progress lines readable."""
+    """Keeps the run's own progress lines readable: orbax's INFO records go
+    (`nat_jax.runtime.checkpoint.DropOrbaxInfo`), its warnings stay."""
+    from nat_jax.runtime import checkpoint  # after flag parsing: keeps --help fast
+
+    drop = checkpoint.DropOrbaxInfo()
     for handler in logging.getLogger().handlers + logging.getLogger("absl").handlers:
-        handler.addFilter(_DropLibraryInfo())
+        handler.addFilter(drop)

@@ -57,7 +57,7 @@ def main(argv):
                   resolution=_RESOLUTION.value)
     dataset, rows = model_report.evaluate_model_dir(_MODEL_DIR.value, **kwargs)
     out = _OUTPUT.value or os.path.join(_MODEL_DIR.value, "evaluation")
-    model_report.write_report(rows, dataset, out + ".json", out + ".md")
+    model_report.write_model_report(rows, dataset, out + ".json", out + ".md")
     print(model_report.markdown_table(rows), end="")
     print(f"Wrote {out}.json and {out}.md")
 

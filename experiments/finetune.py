@@ -115,7 +115,7 @@ def main(argv):
     workdir = _WORKDIR.value or finetune.default_workdir(sdir, arch, space,
                                                           _PICK.value)
     logging.info("Fine-tuning %s on %s in %s:\n%s", arch, dataset, workdir, cfg)
-    res = finetune.run(cfg, workdir, sdir, arch, dataset, data_dir,
+    res = finetune.finetune(cfg, workdir, sdir, arch, dataset, data_dir,
                        eval_batch_size=c.eval_batch_size,
                        calib_images=c.calib_images)
     print(json.dumps({"workdir": workdir, "model_dir": os.path.join(workdir, "model"),

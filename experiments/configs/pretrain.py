@@ -77,9 +77,10 @@ def get_config(variant: str = "small") -> ml_collections.ConfigDict:
         c.dataset = "imagenet2012"
         c.eval_images = 10000
     if variant == "small":
-        # The shipped CPU run (2 cores, ~25 min for both widths): every phase
-        # with OFA's options and subnets per step, but a few hundred steps
-        # each instead of OFA's 25-120 epochs.
+        # The shipped CPU run (its cost: nat_jax/assets/pretrained/
+        # small_fashion_mnist/PROVENANCE.txt): every phase with OFA's options
+        # and subnets per step, but a few hundred steps each instead of OFA's
+        # 25-120 epochs.
         c.max_steps_per_epoch = 100     # an "epoch" here is 100 steps (6400 images)
         c.checkpoint_every = 50
         c.eval_images = 1000

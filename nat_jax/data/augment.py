@@ -154,7 +154,8 @@ def to_rgb(img: np.ndarray) -> np.ndarray:
     return img[..., :3]
 
 
-def finish(images: np.ndarray, params: TrainParams | None = None) -> np.ndarray:
+def to_network_input(images: np.ndarray, params: TrainParams | None = None
+                     ) -> np.ndarray:
     """Flip, colour jitter (if `params`), 3 channels and normalisation.
 
     Args:

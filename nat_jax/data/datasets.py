@@ -424,7 +424,7 @@ def _tfds_problem(builder) -> str | None:
 
 
 def _load_tfds(spec: DatasetSpec, data_dir: str):
-    import tensorflow_datasets as tfds  # deferred: ~0.3 s import
+    import tensorflow_datasets as tfds  # deferred: a slow import
 
     hint = f"prepare it with: {spec.prepare_command(data_dir)}"
     if not _tfds_on_disk(spec.tfds_name, data_dir):

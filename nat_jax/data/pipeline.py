@@ -41,14 +41,16 @@ def _sizes(images) -> np.ndarray:
 def render_train(images, labels, params, resolution: int) -> Batch:
     """Training batch from decoded images and resolution-free random draws."""
     x = aug.crop_resize(images, params.boxes, resolution)
-    return {"image": aug.finish(x, params), "label": labels.astype(np.int32)}
+    return {"image": aug.to_network_input(x, params),
+            "label": labels.astype(np.int32)}
 
 
 def render_eval(images, labels, resolution: int) -> Batch:
     """Evaluation batch: resize to ceil(r / 0.875), centre crop r."""
     x = aug.crop_resize(images, aug.eval_boxes(_sizes(images), resolution),
                             resolution)
-    return {"image": aug.finish(x), "label": labels.astype(np.int32)}
+    return {"image": aug.to_network_input(x),
+            "label": labels.astype(np.int32)}
 
 
 class TrainLoader:

@@ -30,7 +30,7 @@ def prepare(name: str, data_dir: str | None = None, source: str | None = None) -
     data_dir = data_dir or data.default_data_dir()
     if spec.kind == "embedded":
         if source:
-            return f"rebuilt {_rebuild_embedded(source)}"
+            return f"rebuilt {_rebuild_embedded(spec.name, source)}"
         return f"{name} is embedded in the package; nothing to prepare."
     if spec.kind == "folder":
         if spec.name not in CONVERTERS:
@@ -49,12 +49,12 @@ def prepare(name: str, data_dir: str | None = None, source: str | None = None) -
             f"test {len(ds.test) if ds.test is not None else 0}.")
 
 
-def _rebuild_embedded(source: str) -> str:
-    path = os.path.join(data.ASSETS, "build_fashion_mnist_mini.py")
-    spec = importlib.util.spec_from_file_location("_build_fmnist", path)
+def _rebuild_embedded(name: str, source: str) -> str:
+    path = os.path.join(data.ASSETS, "build_mini.py")
+    spec = importlib.util.spec_from_file_location("_build_mini", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.build(source)
+    return module.build(name, source)
 
 
 def _prepare_tfds(spec: data.DatasetSpec, data_dir: str) -> str:

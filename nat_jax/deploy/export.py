@@ -142,7 +142,7 @@ def export_stablehlo(model: subnet_lib.Subnet, variables: Mapping, resolution: i
     Args:
       model, variables: the subnet.
       resolution: input side R; the input is float32[B, R, R, 3] (NHWC,
-        ImageNet-normalised as `nat_jax.data.augment.finish` does).
+        ImageNet-normalised as `nat_jax.data.augment.to_network_input` does).
       path: where to write the serialised bytes (None: do not write).
       batch_size: a fixed batch size, or None for a symbolic batch dimension.
       platforms: lowering platforms, e.g. ("cpu", "cuda"); None = current.

@@ -1,7 +1,7 @@
 """Fine-tune an extracted subnet on the full training split (NAT section 4.3).
 
     subnet, variables, net_config, space = inherit(supernet_dir, arch)
-    result = run(config, workdir, supernet_dir, arch, dataset)   # resumable
+    result = finetune(config, workdir, supernet_dir, arch, dataset)  # resumable
 
 Recipe (paper 4.3, EfficientNet-style): RMSProp (decay 0.9, momentum 0.9,
 eps 1e-3 inside the square root, TF's accumulator start of 1), weight decay
@@ -161,7 +161,8 @@ class AugmentedLoader:
                                          aug.AugmentConfig())
         x = aug.crop_resize(images, params.boxes, self.resolution)
         x = self.randaug(x, np.random.default_rng([self.seed, 3, step]))
-        return {"image": aug.finish(x, params), "label": labels.astype(np.int32)}
+        return {"image": aug.to_network_input(x, params),
+                "label": labels.astype(np.int32)}
 
     def iterate(self, start_step: int, end_step: int):
         with cf.ThreadPoolExecutor(1) as pool:
@@ -176,9 +177,11 @@ class AugmentedLoader:
 
 # -------------------------------------------------------------------- train
 def _schedule(cfg: FinetuneConfig) -> optax.Schedule:
-    """Linear warm-up from 0 to `lr`, then cosine to 0 at `steps`."""
-    return optax.warmup_cosine_decay_schedule(
-        0.0, cfg.lr, cfg.warmup_steps, max(cfg.steps, cfg.warmup_steps + 1))
+    """`training.learning_rate`: linear warm-up from 0 to `lr`, then cosine
+    to 0 at `steps`."""
+    return functools.partial(training.learning_rate, peak=cfg.lr,
+                             total_steps=max(cfg.steps, cfg.warmup_steps + 1),
+                             warmup_steps=cfg.warmup_steps)
 
 
 def _optimizer(cfg: FinetuneConfig) -> optax.GradientTransformation:
@@ -197,47 +200,40 @@ def create_state(variables: Mapping, cfg: FinetuneConfig) -> training.TrainState
         ema=cfg.ema_decay > 0, total_steps=cfg.steps)
 
 
-def train_step(state: training.TrainState, batch: dict, *,
-               model: subnet_lib.Subnet, cfg: FinetuneConfig):
-    """One RMSProp step (pure; `jitted_train_step` jits it).
+def finetune_step(state: training.TrainState, batch: dict, *,
+                  model: subnet_lib.Subnet, config: FinetuneConfig):
+    """One RMSProp step (pure; `train` jits it with `training.jit_train_step`).
 
     Args:
       state: TrainState.
       batch: {"image": float32[B, R, R, 3], "label": int32[B]}.
       model: the Subnet with dropout/drop-connect rates set (static).
-      cfg: FinetuneConfig (static).
+      config: FinetuneConfig (static).
 
     Returns:
-      (new state, {"loss", "accuracy" (batch, fraction), "lr", "grad_norm"}).
+      (new state, `training.step_metrics`: {"loss", "top1", "lr",
+      "grad_norm"}).
     """
-    (loss, (logits, new_stats)), grads = jax.value_and_grad(
-        functools.partial(training.loss_fn, model), has_aux=True)(
-            state.params, state.batch_stats, batch, state.step_key(),
-            cfg.label_smoothing)
-    scale = cfg.bn_momentum / layers.BN_MOMENTUM
+    loss, logits, new_stats, grads = training.loss_and_grads(
+        model, state.params, state.batch_stats, batch, state.step_key(),
+        config.label_smoothing)
+    scale = config.bn_momentum / layers.BN_MOMENTUM
     stats = jax.tree.map(lambda o, n: o + scale * (n - o), state.batch_stats,
                          new_stats)
-    updates, opt_state = _optimizer(cfg).update(grads, state.opt_state,
-                                                state.params)
+    updates, opt_state = _optimizer(config).update(grads, state.opt_state,
+                                                   state.params)
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, batch_stats=stats,
                         opt_state=opt_state)
     if state.ema_params is not None:
         new = new.replace(
             ema_params=training.update_ema(state.ema_params, params,
-                                           cfg.ema_decay, state.step),
+                                           config.ema_decay, state.step),
             ema_batch_stats=training.update_ema(state.ema_batch_stats, stats,
-                                                cfg.ema_decay, state.step))
-    return new, {"loss": loss, "accuracy": training.top1(logits, batch["label"]),
-                 "lr": _schedule(cfg)(state.step), "grad_norm": optax.tree.norm(grads)}
-
-
-@functools.lru_cache(maxsize=8)
-def jitted_train_step(model, cfg: FinetuneConfig, mesh: jax.sharding.Mesh):
-    """`train_step` jitted over `mesh` (`training.jit_train_step`: batch on
-    "data", the rest replicated, state donated)."""
-    return training.jit_train_step(
-        functools.partial(train_step, model=model, cfg=cfg), mesh, num_inputs=0)
+                                                config.ema_decay, state.step))
+    return new, training.step_metrics(
+        loss, training.top1(logits, batch["label"]), _schedule(config)(state.step),
+        grads)
 
 
 def train(state: training.TrainState, model: subnet_lib.Subnet,
@@ -257,7 +253,8 @@ def train(state: training.TrainState, model: subnet_lib.Subnet,
     """
     end = cfg.steps if until is None else min(int(until), cfg.steps)
     mesh = mesh or sharding.data_mesh()
-    step_fn = jitted_train_step(model, cfg, mesh)
+    step_fn = training.jit_train_step(finetune_step, mesh, num_inputs=0,
+                                      model=model, config=cfg)
     state = sharding.replicate(state, mesh)
     start, t0 = int(sharding.to_host(state.step)), time.time()
     logging.info("Fine-tuning steps %d..%d of %d (compiling the train step "
@@ -268,8 +265,8 @@ def train(state: training.TrainState, model: subnet_lib.Subnet,
         if done % cfg.log_every and done != cfg.steps:
             return
         row = dict(m, step=done, elapsed_s=time.time() - t0)
-        logging.info("step %d: loss %.4f acc %.3f lr %.5f", done, m["loss"],
-                     m["accuracy"], m["lr"])
+        logging.info("step %d: loss %.4f top-1 %.3f lr %.5f", done, m["loss"],
+                     m["top1"], m["lr"])
         if metrics_path:
             workdir_lib.append_jsonl(metrics_path, row)
 
@@ -301,9 +298,9 @@ def default_workdir(supernet_dir: str, arch: ss.Arch, space: ss.SearchSpace,
     return os.path.join(supernet_dir, name)
 
 
-def run(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
-        dataset: str, data_dir: str | None = None, eval_batch_size: int = 256,
-        calib_images: int = 2000) -> dict:
+def finetune(cfg: FinetuneConfig, workdir: str, supernet_dir: str, arch: ss.Arch,
+             dataset: str, data_dir: str | None = None, eval_batch_size: int = 256,
+             calib_images: int = 2000) -> dict:
     """Extract, re-calibrate, evaluate, fine-tune, evaluate, export (resumable).
 
     Writes WORKDIR/{finetune.json (config, subnet, supernet, dataset), ckpt/,

@@ -4,7 +4,7 @@
                                                   # subnet, or a transfer
                                                   # workdir's front (or picks)
     print(markdown_table(rows))
-    write_report(rows, dataset, "eval.json", "eval.md")
+    write_model_report(rows, dataset, "eval.json", "eval.md")
 
 Accuracy is exact (every test image once: `evaluation.evaluate_static`). For
 a transfer workdir each front member is extracted from the task supernet of
@@ -211,8 +211,8 @@ def markdown_table(rows: Sequence[dict], device: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(rows: Sequence[dict], dataset: str, json_path: str,
-                 md_path: str) -> None:
+def write_model_report(rows: Sequence[dict], dataset: str, json_path: str,
+                       md_path: str) -> None:
     """Writes the rows as JSON and as a Markdown table."""
     device = latency.device_name()
     for path in (json_path, md_path):

@@ -3,11 +3,12 @@
 The depthwise convolution of the supernet's blocks, its input gradient and
 its kernel gradient as C++ loops (`csrc/depthwise_cpu.cc`), used by
 `layers.depthwise_conv` ("shift", float32) on CPU. XLA:CPU has no direct
-depthwise weight gradient: in lax ops it becomes matmuls that do 10-20x the
-necessary multiply-adds, which was 82% of a depthwise layer's training time;
-and the lax forward (k*k shifted slices) is many ops to compile. The kernels
+depthwise weight gradient: in lax ops it becomes matmuls that do many times
+the necessary multiply-adds, most of a depthwise layer's training time; and
+the lax forward (k*k shifted slices) is many ops to compile. The kernels
 also take the active kernel size, so that a masked supernet's smaller kernel
-padded to 7x7 costs only its own taps (`python -m benchmarks.layer_times`).
+padded to 7x7 costs only its own taps (`python -m benchmarks.layer_times`
+measures both forms).
 
 The shared library is compiled once per (source, jaxlib, compiler, CPU) with
 `g++ -O3 -march=native` into `$NAT_JAX_KERNEL_DIR` (default

@@ -17,7 +17,8 @@ serves every subnet of a resolution.
   kernels compute only the active size's taps.
 * `depthwise_conv`: "conv" (XLA grouped convolution) or "shift" (on CPU the
   C++ kernels of `cpu_kernels`; where they cannot build, shift and add over
-  kernel taps in lax ops, about 10x faster than "conv" on XLA:CPU).
+  kernel taps in lax ops, much faster than "conv" on XLA:CPU:
+  `python -m benchmarks.layer_times`).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def pointwise(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
     One 2-D matmul over the flattened positions: on XLA:CPU the forward +
     backward of the 4-D form (its kernel gradient a contraction over n, h,
-    w) took 1.2-6.6x this one's (`python -m benchmarks.layer_times`).
+    w) is slower (`python -m benchmarks.layer_times` times both).
     """
     k = kernel[0, 0]
     y = jnp.matmul(x.reshape(-1, x.shape[-1]), k)
@@ -183,8 +184,8 @@ def _shift_fwd(x, kernel, stride):
 
 def _shift_bwd(stride, res, dy):
     # Autodiff of the strided slices materialises one padded array per tap
-    # (backward ~20x the forward on XLA:CPU); written as shift-and-adds the
-    # backward costs about two forwards.
+    # (a backward many times the forward on XLA:CPU); written as
+    # shift-and-adds the backward costs about two forwards.
     x, kernel = res
     k = kernel.shape[0]
     p = k // 2
@@ -212,16 +213,16 @@ def _depthwise_kernel_grad(xp: jax.Array, dy: jax.Array, k: int, stride: int
 
     Per kernel row i one batched matmul over (n, a) gives m[c, b, v] for the
     output columns b and input columns v; tap j is the strided diagonal
-    v = j + s b (2.4x faster on XLA:CPU than k*k separate reductions).
+    v = j + s b (faster on XLA:CPU than k*k separate reductions).
     Flattened, m[c, b, j + s b] sits at b (W + s) + j (W = input columns of
     the matmul): padded to B (W + s) entries and viewed as [c, B, W + s], the
     k taps of row i are columns :k summed over b (one slice instead of k
     gathers; every index read is < B W). The matmul computes all B x W
     column pairs but needs only B x k: for stride 1 and a wide input
     (W >= 6k) the output columns are cut into 3 blocks, each multiplied only
-    with the input columns it reads (0.8x the time at 48-96 px; with stride
-    2 it measured up to 1.8x slower, so one block; measured by an earlier
-    `benchmarks/layer_times.py`, git history before the C++ kernels).
+    with the input columns it reads (faster at stride 1, slower at stride
+    2, so one block there; timed by `benchmarks/layer_times.py` before the
+    C++ kernels, see its git history).
     """
     n, _, wp, c = xp.shape
     ho, wo = dy.shape[1], dy.shape[2]

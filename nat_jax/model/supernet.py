@@ -22,6 +22,7 @@ live in `nat_jax.train.calibration`.
 
 from __future__ import annotations
 
+import chex
 import flax
 import flax.linen as nn
 import jax
@@ -41,7 +42,8 @@ def default_exec_mode(single_subnet_eval: bool = False) -> str:
 
     "switch" for forward-only single-subnet calls (`predict`,
     `recalibrate_bn`, `evaluation.evaluate_subnets` with one subnet per
-    call) on CPU, where it measured 1.5x the masked eval rate;
+    call) on CPU, where its eval rate is higher than masked's
+    (`python -m benchmarks.supernet_step`);
     "masked" otherwise: direct `apply` calls (adaptation's training step
     takes `AdaptConfig.exec_mode`, "switch" by default), vmapped evaluation
     (switch would compute every branch), and other backends (not measured).
@@ -267,7 +269,7 @@ def init_variables(model: Supernet, key: jax.Array, resolution: int | None = Non
     Same distributions as `model.init` (conv: normal, std sqrt(2/(k*k*out));
     linear: U(+-1/sqrt(in)); BN scale 1, biases 0, transform matrices I;
     running mean 0, var 1), but drawn from two flat random vectors: compiling
-    `model.init` costs 10-20 s on 2 CPU cores, this well under one.
+    `model.init` for a supernet is slow on CPU, this is a few array ops.
     """
     shapes = variable_shapes(model, resolution)
     flat = flax.traverse_util.flatten_dict(shapes["params"])
@@ -351,8 +353,8 @@ def check_arch(model: Supernet, arch: ss.Arch, images: jax.Array,
     if (len(arch.ks), len(arch.e), len(arch.d)) != want:
         raise ValueError(f"Arch does not fit this supernet's space: needs "
                          f"{sp.num_blocks} ks/e entries and {sp.num_stages} depths.")
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be [N, H, W, 3] (NHWC), got {images.shape}.")
+    chex.assert_shape(images, (None, None, None, 3), exception_type=ValueError,
+                      custom_message="pass images float32[N, H, W, 3] (NHWC).")
     h, w = images.shape[1:3]
     if resolution is None:
         if (h, w) != (arch.resolution, arch.resolution):

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import ml_collections
 
 from nat_jax.data import datasets as data
+from nat_jax.model import supernet
 from nat_jax.nat import task_supernet
 from nat_jax.search import evolution, operators, tradeoff
 from nat_jax.space import objectives
@@ -468,7 +469,7 @@ FIELDS: dict[str, Callable[[Any], str | None]] = {
     "adapt.floor": _real(0.0, 1.0),
     "adapt.checkpoint_every": _int(1),
     "adapt.max_steps_per_epoch": _int(0),
-    "adapt.exec_mode": _choice(adaptation.EXEC_MODES),
+    "adapt.exec_mode": _choice(supernet.EXEC_MODES),
     "eval.batch_size": _int(1),
     "eval.calib_images": _int(1),
     "eval.calib_batch_size": _int(1),

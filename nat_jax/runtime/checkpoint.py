@@ -31,14 +31,19 @@ METADATA_FILE = "metadata.json"
 STATE_DIR = "state"
 
 
-class _DropOrbaxInfo(py_logging.Filter):
-    """Drops records below WARNING that orbax logs (dozens per checkpoint)."""
+class DropOrbaxInfo(py_logging.Filter):
+    """Drops records below WARNING that orbax logs (dozens per checkpoint).
+
+    The one orbax log filter: `quiet_orbax` puts it on the absl logger around
+    this module's orbax calls; `experiments.cli.quiet_library_logs` puts it on
+    the log handlers of an entry point.
+    """
 
     def filter(self, record: py_logging.LogRecord) -> bool:
         return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
 
 
-_ORBAX_FILTER = _DropOrbaxInfo()
+_ORBAX_FILTER = DropOrbaxInfo()
 _quiet_depth = [0]
 
 

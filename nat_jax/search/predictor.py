@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -100,14 +101,26 @@ def check_bounds(bounds) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def _check(X, y):
     X = np.asarray(X)
     y = np.asarray(y, np.float64)
-    if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise ValueError(f"Expected X[n, d] and y[n], got {X.shape} and {y.shape}.")
+    chex.assert_rank((X, y), (2, 1), exception_type=ValueError,
+                     custom_message="pass genotypes X[n, d] and targets y[n].")
+    chex.assert_equal_shape_prefix((X, y), 1, exception_type=ValueError,
+                                   custom_message="X and y need one row each per "
+                                   "genotype.")
     if X.shape[0] < MIN_SAMPLES:
         raise ValueError(f"Need at least {MIN_SAMPLES} training samples, got "
                          f"{X.shape[0]}.")
     if not np.all(np.isfinite(y)):
         raise ValueError("Targets contain NaN/inf; drop failed evaluations first.")
     return X, y
+
+
+def _check_queries(X, d: int) -> jax.Array:
+    """X[n, d] with the fitted number of features d, as a jax array."""
+    X = jnp.asarray(X)
+    chex.assert_shape(X, (None, d), exception_type=ValueError,
+                      custom_message=f"predict genotypes X[n, {d}], the features "
+                      f"the predictor was fitted on.")
+    return X
 
 
 def fit_scaler(X: jax.Array, y: jax.Array, valid: jax.Array | None = None,
@@ -299,8 +312,8 @@ def evaluate(ev: Evaluator, X: jax.Array) -> jax.Array:
 
     def block(j, acc):
         d2 = jnp.maximum(xs @ ev.centers[j] + ev.sq_norms[j][None, :] + x2, 0.0)
-        # The cube as its own elementwise pass, then a matvec: measured ~3x
-        # faster on XLA:CPU than one fused multiply-and-sum.
+        # The cube as its own elementwise pass, then a matvec: on XLA:CPU
+        # faster than one fused multiply-and-sum.
         return acc + (d2 * jnp.sqrt(d2)) @ ev.weights[j]
 
     out = jax.lax.fori_loop(0, ev.n_blocks, block,
@@ -388,7 +401,7 @@ class RBFEnsemble:
         """float32[n] predictions for genotypes X[n, d]."""
         if self.params is None:
             raise ValueError("RBFEnsemble.predict called before fit.")
-        return _predict_jit(self.params, jnp.asarray(X))
+        return _predict_jit(self.params, _check_queries(X, self.params.mask.shape[-1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -407,7 +420,7 @@ class RBF:
     def predict(self, X) -> jax.Array:
         if self.params is None:
             raise ValueError("RBF.predict called before fit.")
-        return _predict_jit(self.params, jnp.asarray(X))
+        return _predict_jit(self.params, _check_queries(X, self.params.mask.shape[-1]))
 
 
 @jax.jit
@@ -450,5 +463,6 @@ class GP:
         if self.state is None:
             raise ValueError("GP.predict called before fit.")
         scaler, xs, alpha, ell2 = self.state
+        X = _check_queries(X, xs.shape[-1])
         out = _gp_predict(_scale_x(scaler, X), xs, alpha, ell2)
         return out * scaler.y_std + scaler.y_mean

@@ -44,15 +44,12 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from nat_jax.model import supernet
 from nat_jax.model.active_weights import active_param_mask
 from nat_jax.runtime import sharding
 from nat_jax.space import search_space as ss
 from nat_jax.train import training
-
-EXEC_MODES = supernet.EXEC_MODES  # AdaptConfig.exec_mode choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +98,8 @@ class AdaptConfig:
     exec_mode: str = "switch"
 
     def __post_init__(self):
-        if self.exec_mode not in EXEC_MODES:
-            raise ValueError(f"exec_mode must be one of {EXEC_MODES}, "
+        if self.exec_mode not in supernet.EXEC_MODES:
+            raise ValueError(f"exec_mode must be one of {supernet.EXEC_MODES}, "
                              f"got {self.exec_mode!r}.")
         if not 0.0 <= self.floor <= 1.0:
             raise ValueError(f"floor must be in [0, 1], got {self.floor}.")
@@ -282,61 +279,12 @@ def from_checkpoint_tree(tree: Mapping, widths) -> dict:
     return {float(w): tree[state_name(w)] for w in widths}
 
 
-def learning_rate(step, total_steps: int, config: AdaptConfig) -> jax.Array:
-    """Cosine from `config.lr` at step 0 to `config.lr_end` at total_steps."""
-    t = jnp.clip(jnp.asarray(step, jnp.float32) / total_steps, 0.0, 1.0)
-    return config.lr_end + 0.5 * (config.lr - config.lr_end) * (
-        1.0 + jnp.cos(jnp.pi * t))
-
-
-def masked_sgd(params, grads, momentum, mask, lr, config: AdaptConfig):
-    """PyTorch SGD restricted to a subnet's weights (OFA trains with it).
-
-    Per leaf p with gradient g and momentum buffer b (`torch.optim.SGD`):
-      g' = g + weight_decay * p   (only leaves with ndim >= 2: conv/linear
-                                   kernels and kernel transforms)
-      b' = momentum * b + g'
-      p' = p - lr * (g' + momentum * b')  (Nesterov), else p - lr * b'
-    where `mask` is True; elsewhere p and b stay exactly as they are (weights
-    the sampled subnet does not use keep their value and their momentum).
-
-    Kept as a plain function rather than an optax transformation: written
-    as optax updates (`p + (-lr * d)` via `optax.apply_updates`), XLA's
-    result differed from this one in the last bits, and runs are meant to
-    repeat earlier ones bit for bit.
-
-    Args:
-      params, grads, momentum: pytrees of the same structure.
-      mask: bool pytree like params (`active_param_mask`).
-      lr: scalar learning rate.
-      config: AdaptConfig (momentum, nesterov, weight_decay).
-
-    Returns:
-      (new params, new momentum).
-    """
-    def leaf(p, g, buf, m):
-        if p.ndim >= 2 and config.weight_decay:
-            g = g + config.weight_decay * p
-        new_buf = config.momentum * buf + g
-        d = g + config.momentum * new_buf if config.nesterov else new_buf
-        return jnp.where(m, p - lr * d, p), jnp.where(m, new_buf, buf)
-
-    both = jax.tree.map(leaf, params, grads, momentum, mask)
-    new_p = jax.tree.map(lambda _, t: t[0], params, both)
-    new_m = jax.tree.map(lambda _, t: t[1], params, both)
-    return new_p, new_m
-
-
-def loss_fn(model, params, batch_stats, batch, arch, dropout_key,
-            label_smoothing: float):
-    """Smoothed cross-entropy of subnet `arch`; aux = (logits, batch_stats)."""
-    return training.loss_fn(model, params, batch_stats, batch, dropout_key,
-                            label_smoothing, (arch,))
-
-
-def train_step(state: training.TrainState, batch: dict, arch: dict, *, model,
+def adapt_step(state: training.TrainState, batch: dict, arch: dict, *, model,
                config: AdaptConfig) -> tuple[training.TrainState, dict]:
-    """One SGD step of subnet `arch` on `batch` (pure; jit it, see `adapt`).
+    """One SGD step of subnet `arch` on `batch` (pure; `jitted_adapt_step`).
+
+    The learning rate is `training.learning_rate` at the global step: cosine
+    from `config.lr` to `config.lr_end` over `state.total_steps`, no warm-up.
 
     Args:
       state: TrainState.
@@ -346,36 +294,31 @@ def train_step(state: training.TrainState, batch: dict, arch: dict, *, model,
       config: AdaptConfig (static).
 
     Returns:
-      (new state, {"loss", "top1" (batch accuracy, fraction), "lr",
+      (new state, `training.step_metrics`: {"loss", "top1", "lr",
       "grad_norm"}).
     """
     dropout_key = jax.random.fold_in(state.step_key(), 1)
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-        functools.partial(loss_fn, model), has_aux=True)(
-            state.params, state.batch_stats, batch, arch, dropout_key,
-            config.label_smoothing)
-    lr = learning_rate(state.step, state.total_steps, config)
+    loss, logits, batch_stats, grads = training.loss_and_grads(
+        model, state.params, state.batch_stats, batch, dropout_key,
+        config.label_smoothing, (arch,))
+    lr = training.learning_rate(state.step, config.lr, state.total_steps,
+                                end=config.lr_end)
     mask = active_param_mask(model.space, model.width, state.params, arch)
-    params, momentum = masked_sgd(state.params, grads,
-                                  state.opt_state["momentum"], mask, lr, config)
-    new = state.replace(params=params, batch_stats=batch_stats,
-                        opt_state={"momentum": momentum}, step=state.step + 1)
-    return new, {"loss": loss, "top1": training.top1(logits, batch["label"]),
-                 "lr": lr, "grad_norm": optax.tree.norm(grads)}
+    new = training.masked_sgd_update(state, grads, batch_stats, mask, lr, config)
+    return new, training.step_metrics(
+        loss, training.top1(logits, batch["label"]), lr, grads)
 
 
-@functools.lru_cache(maxsize=None)
-def jitted_train_step(model, config: AdaptConfig, mesh: jax.sharding.Mesh):
-    """`train_step` jitted over `mesh` (`training.jit_train_step`: batch on
-    "data", the rest replicated, state donated).
+def jitted_adapt_step(model, config: AdaptConfig, mesh: jax.sharding.Mesh):
+    """`adapt_step` jitted over `mesh` (`training.jit_train_step`: batch on
+    "data", the rest replicated, state donated, cached).
 
     One compile per resolution (image shape); the subnet is traced. A model
     with exec_mode None runs `config.exec_mode`.
     """
     if model.exec_mode is None:
         model = model.clone(exec_mode=config.exec_mode)
-    return training.jit_train_step(
-        functools.partial(train_step, model=model, config=config), mesh)
+    return training.jit_train_step(adapt_step, mesh, model=model, config=config)
 
 
 def adapt(state, model, loader, probs, num_steps: int,
@@ -440,7 +383,7 @@ def adapt(state, model, loader, probs, num_steps: int,
         if any(m.space != space for m in models.values()):
             raise ValueError("Every supernet of a set must have the same space.")
     mesh = sharding.data_mesh() if mesh is None else mesh
-    step_fns = {w: jitted_train_step(m, config, mesh) for w, m in models.items()}
+    step_fns = {w: jitted_adapt_step(m, config, mesh) for w, m in models.items()}
     states = {w: sharding.replicate(s, mesh) for w, s in states.items()}
     start = global_step(states)
     if single:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from typing import Iterable
 
+import chex
 import flax
 import flax.linen as nn
 import jax
@@ -192,9 +193,9 @@ def recalibrate_bn(model: nn.Module, variables: dict, arch: ss.Arch | None,
         images = _batch_images(batch)
         if arch is not None:
             supernet.check_arch(model, arch, images, resolution)
-        elif images.ndim != 4:
-            raise ValueError(f"images must be [N, H, W, C] (NHWC), got "
-                             f"{images.shape}.")
+        else:
+            chex.assert_rank(images, 4, exception_type=ValueError,
+                             custom_message="pass images float32[N, H, W, C] (NHWC).")
         acc, masks = _collect_step(model, params_only, images, arrays, acc)
         total += images.shape[0]
     if masks is None:

@@ -30,6 +30,7 @@ import functools
 import time
 from typing import Callable, Iterable, Mapping, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,6 +80,14 @@ def _counts(model, params, batch_stats, images, labels, mask, arch):
     The one count kernel: `arch` holds the masked supernet's arch arrays, or
     is None for a static module applied as (images, train=False).
     """
+    chex.assert_rank((images, labels, mask), (4, 1, 1), exception_type=ValueError,
+                     custom_message="evaluation batches are images[B, R, R, 3], "
+                     "labels[B] and mask[B]; check the split's source.")
+    chex.assert_equal_shape_prefix((images, labels, mask), 1,
+                                   exception_type=ValueError)
+    chex.assert_type((images, labels), (float, int), exception_type=ValueError,
+                     custom_message="images must be float, labels integer "
+                     "class indices.")
     variables = {"params": params, "batch_stats": batch_stats}
     if arch is None:
         logits = model.apply(variables, images, train=False)

@@ -18,12 +18,13 @@ the last phase without distillation), run on the batch in train-mode BN
 without dropout as OFA's script does, and accumulates the gradients of
 `subnets` subnets per step, each drawn uniformly from the phase's options
 (per block kernel and expand, per stage depth), into one SGD step (Nesterov,
-weight decay not on BN or biases; `adaptation.masked_sgd` restricted to the
+weight decay not on BN or biases; `training.masked_sgd` restricted to the
 union of the subnets' active weights, so a phase never changes weights no
 subnet of it uses, e.g. "full" leaves the transform matrices at identity).
 Each phase starts a fresh optimiser (momentum 0) and schedule: `warmup`
 epochs from `warmup_lr` to `lr`, then cosine to 0 over `epochs` (OFA's
-`warmup_adjust_learning_rate` / `calc_learning_rate`). The input resolution
+`warmup_adjust_learning_rate` / `calc_learning_rate`; `Phase.learning_rate`,
+on the toolkit's `training.learning_rate`). The input resolution
 is drawn per batch from the space's resolutions.
 
 One compiled step per resolution serves every phase: the subnets are traced
@@ -38,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 import time
 from typing import Callable, Sequence
@@ -46,13 +46,12 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from nat_jax.model import reorder
 from nat_jax.model.active_weights import active_param_mask
 from nat_jax.runtime import checkpoint, sharding
 from nat_jax.space import search_space as ss
-from nat_jax.train import adaptation, training
+from nat_jax.train import training
 
 PHASE_KINDS = ("full", "kernel", "depth", "expand")
 
@@ -126,6 +125,21 @@ class Phase:
         return max(1, int(round((self.epochs + self.warmup_epochs)
                                 * steps_per_epoch)))
 
+    def learning_rate(self, step: int, steps_per_epoch: int) -> jax.Array:
+        """OFA's schedule at `step` of this phase (0-based, within the phase).
+
+        Warm-up (step < W = warmup_epochs * steps/epoch): warmup_lr + (step +
+        1) / W * (lr - warmup_lr) (OFA's `warmup_adjust_learning_rate` counts
+        T_cur = i + 1); then 0.5 * lr * (1 + cos(pi * t / T)), t the step after
+        warm-up, T = epochs * steps/epoch (`calc_learning_rate`). Both are
+        `training.learning_rate`, the warm-up evaluated one step later.
+        """
+        w = int(round(self.warmup_epochs * steps_per_epoch))
+        total = max(self.num_steps(steps_per_epoch), w + 1)
+        return training.learning_rate(step + 1 if step < w else step, self.lr,
+                                      total, warmup_steps=w,
+                                      warmup_from=self.warmup_lr)
+
 
 def make_phase(space: ss.SearchSpace, name: str, *, subnets: int, epochs: float,
                warmup_epochs: float, lr: float, warmup_lr: float,
@@ -197,20 +211,6 @@ def sample_subnets(space: ss.SearchSpace, phase: Phase, max_subnets: int,
                  for k, v in arrays.items()}
 
 
-def learning_rate(step: int, phase: Phase, steps_per_epoch: int) -> float:
-    """OFA's schedule at `step` of `phase` (0-based, within the phase).
-
-    Warm-up (step < W = warmup_epochs * steps/epoch): warmup_lr + (step + 1)
-    / W * (lr - warmup_lr); then 0.5 * lr * (1 + cos(pi * t / T)), t the step
-    after warm-up, T = epochs * steps/epoch.
-    """
-    w = int(round(phase.warmup_epochs * steps_per_epoch))
-    if step < w:
-        return phase.warmup_lr + (step + 1) / w * (phase.lr - phase.warmup_lr)
-    t_total = max(phase.num_steps(steps_per_epoch) - w, 1)
-    return 0.5 * phase.lr * (1.0 + math.cos(math.pi * (step - w) / t_total))
-
-
 # ------------------------------------------------------------------- step
 
 
@@ -235,10 +235,10 @@ def teacher_logits(model, teacher: dict, images: jax.Array) -> jax.Array:
     return jax.lax.stop_gradient(logits)
 
 
-def train_step(state: training.TrainState, batch: dict, archs: dict,
-               n_active: jax.Array, kd_ratio: jax.Array, lr: jax.Array,
-               teacher: dict, *, model, config: SGDConfig
-               ) -> tuple[training.TrainState, dict]:
+def shrink_step(state: training.TrainState, batch: dict, archs: dict,
+                n_active: jax.Array, kd_ratio: jax.Array, lr: jax.Array,
+                teacher: dict, *, model, config: SGDConfig
+                ) -> tuple[training.TrainState, dict]:
     """One progressive-shrinking step (pure; jit with `training.jit_train_step`).
 
     The teacher runs once (skipped when kd_ratio == 0); the first `n_active`
@@ -255,22 +255,16 @@ def train_step(state: training.TrainState, batch: dict, archs: dict,
       teacher: {"params", "batch_stats"} of the teacher.
 
     Returns:
-      (state, {"loss" (mean over the subnets), "top1", "grad_norm", "lr"}).
+      (state, `training.step_metrics` with "loss" and "top1" the means over
+      the subnets).
     """
     images, labels = batch["image"], batch["label"]
     t_logits = jax.lax.cond(
         kd_ratio > 0, lambda: teacher_logits(model, teacher, images),
         lambda: jnp.zeros((images.shape[0], model.num_classes), jnp.float32))
-
-    def loss_fn(params, batch_stats, arch, key):
-        logits, upd = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, arch,
-            train=True, rngs={"dropout": key}, mutable=["batch_stats"])
-        loss = distillation_loss(logits, labels, t_logits, kd_ratio,
-                                 config.label_smoothing)
-        return loss, (logits, upd["batch_stats"])
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    criterion = functools.partial(distillation_loss, teacher_logits=t_logits,
+                                  kd_ratio=kd_ratio,
+                                  label_smoothing=config.label_smoothing)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
     no_mask = jax.tree.map(lambda p: jnp.zeros(p.shape, bool), state.params)
 
@@ -281,7 +275,9 @@ def train_step(state: training.TrainState, batch: dict, archs: dict,
         def run(carry):
             grads, mask, stats, loss_sum, acc_sum = carry
             key = jax.random.fold_in(state.step_key(), i + 1)
-            (loss, (logits, stats)), g = grad_fn(state.params, stats, arch, key)
+            loss, logits, stats, g = training.loss_and_grads(
+                model, state.params, stats, batch, key, config.label_smoothing,
+                (arch,), criterion)
             m = active_param_mask(model.space, model.width, state.params, arch)
             return (jax.tree.map(jnp.add, grads, g),
                     jax.tree.map(jnp.logical_or, mask, m), stats,
@@ -292,21 +288,9 @@ def train_step(state: training.TrainState, batch: dict, archs: dict,
     init = (zeros, no_mask, state.batch_stats, jnp.float32(0), jnp.float32(0))
     (grads, mask, stats, loss_sum, acc_sum), _ = jax.lax.scan(
         body, init, (jnp.arange(n_max), archs))
-    params, momentum = adaptation.masked_sgd(
-        state.params, grads, state.opt_state["momentum"], mask, lr, config)
+    new = training.masked_sgd_update(state, grads, stats, mask, lr, config)
     n = n_active.astype(jnp.float32)
-    new = state.replace(params=params, batch_stats=stats,
-                        opt_state={"momentum": momentum}, step=state.step + 1)
-    return new, {"loss": loss_sum / n, "top1": acc_sum / n,
-                 "grad_norm": optax.tree.norm(grads), "lr": lr}
-
-
-@functools.lru_cache(maxsize=None)
-def jitted_train_step(model, config: SGDConfig, mesh: jax.sharding.Mesh):
-    """`train_step` over `mesh` (batch on "data", the rest replicated)."""
-    return training.jit_train_step(
-        functools.partial(train_step, model=model, config=config), mesh,
-        num_inputs=5)
+    return new, training.step_metrics(loss_sum / n, acc_sum / n, lr, grads)
 
 
 # ------------------------------------------------------------------- loop
@@ -368,7 +352,8 @@ def run_phases(model, variables: dict, phases: Sequence[Phase], loader,
     if os.path.isdir(teacher_dir):
         teacher, _ = checkpoint.load_pytree(teacher_dir, variables)
         teacher = sharding.replicate(dict(teacher), mesh)
-    step_fn = jitted_train_step(model, config, mesh)
+    step_fn = training.jit_train_step(shrink_step, mesh, num_inputs=5,
+                                      model=model, config=config)
     done = int(sharding.to_host(state.step))
     guard = training.FiniteGuard(
         lambda s, ctx: f" in phase {ctx[0].name}", ckpt,
@@ -404,7 +389,7 @@ def run_phases(model, variables: dict, phases: Sequence[Phase], loader,
             batch = loader.next(res)
             batch = sharding.shard_batch(
                 {"image": batch["image"], "label": batch["label"]}, mesh)
-            lr = jnp.float32(learning_rate(k, phase, steps_per_epoch))
+            lr = jnp.float32(phase.learning_rate(k, steps_per_epoch))
             state, m = step_fn(state, batch, archs, n_active, kd, lr, tvars)
             guard.push(g, m, (phase, k))
             done = g + 1

@@ -1,25 +1,33 @@
-"""The one training toolkit: loss, train state, sharded step, non-finite guard.
+"""The one training toolkit: loss, schedule, SGD, train state, sharded step, guard.
 
 Used by supernet adaptation (`nat_jax.train.adaptation`, NAT section 3.6,
-Algorithm 5) and by fine-tuning an extracted subnet (`nat_jax.deploy.finetune`,
-section 4.3). Each of those modules writes its own update rule (masked SGD,
-RMSProp + EMA) as a pure `train_step(state, batch, *inputs) -> (state,
-metrics)`; this module holds what they share:
+Algorithm 5), OFA's progressive shrinking (`nat_jax.train.progressive_shrinking`)
+and fine-tuning an extracted subnet (`nat_jax.deploy.finetune`, section 4.3).
+Each of those modules writes its own step as a pure `step(state, batch,
+*inputs, model=..., config=...) -> (state, metrics)` from these parts:
 
-  cross_entropy   the label-smoothed softmax cross-entropy (both use 0.1).
-  loss_fn         forward pass in train mode (BatchNorm statistics of the
-                  batch, dropout) and that loss, for `jax.value_and_grad`.
-  TrainState      params, batch_stats, opt_state, step, PRNG key and, when a
-                  run keeps one, an exponential moving average of the weights.
-  jit_train_step  `jax.jit` over a 1-D ("data",) mesh (`nat_jax.runtime.sharding`):
-                  the batch sharded on "data", everything else replicated,
-                  the state donated. BatchNorm statistics are those of the
-                  global batch; one CPU, several GPUs, a TPU slice or several
-                  hosts run the same code.
-  FiniteGuard     checks the loss and gradient norm of EVERY step (one step
-                  late, so the host never waits for the step it just
-                  dispatched) and before every checkpoint, so a non-finite
-                  state is never saved.
+  cross_entropy    the label-smoothed softmax cross-entropy (all use 0.1).
+  loss_fn          forward pass in train mode (BatchNorm statistics of the
+  loss_and_grads   batch, dropout) and a criterion (default: that loss), and
+                   its `jax.value_and_grad` in the params.
+  learning_rate    the one schedule: linear warm-up, then cosine to an end
+                   value (adaptation: no warm-up, 0.01 -> 0; progressive
+                   shrinking: OFA's warm-up; fine-tuning: warm-up from 0).
+  masked_sgd       PyTorch's SGD restricted to a subnet's weights (adaptation
+                   and progressive shrinking); `masked_sgd_update` applies it
+                   to a TrainState.
+  step_metrics     {"loss", "top1", "lr", "grad_norm"} of a step.
+  TrainState       params, batch_stats, opt_state, step, PRNG key and, when a
+                   run keeps one, an exponential moving average of the weights.
+  jit_train_step   `jax.jit` over a 1-D ("data",) mesh (`nat_jax.runtime.sharding`),
+                   cached per (step, mesh, model, config): the batch sharded on
+                   "data", everything else replicated, the state donated.
+                   BatchNorm statistics are those of the global batch; one CPU,
+                   several GPUs, a TPU slice or several hosts run the same code.
+  FiniteGuard      checks the loss and gradient norm of EVERY step (one step
+                   late, so the host never waits for the step it just
+                   dispatched) and before every checkpoint, so a non-finite
+                   state is never saved.
 
 Checkpointing is `nat_jax.runtime.checkpoint.TrainCheckpointer`.
 """
@@ -62,8 +70,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
 
 
 def loss_fn(model, params, batch_stats, batch: dict, dropout_key: jax.Array,
-            label_smoothing: float, model_args: tuple = ()):
-    """Train-mode forward pass of `model` and its smoothed cross-entropy.
+            label_smoothing: float, model_args: tuple = (),
+            criterion: Callable[[jax.Array, jax.Array], jax.Array] | None = None):
+    """Train-mode forward pass of `model` and its loss.
 
     Args:
       model: a Flax module whose `apply(variables, images, *model_args,
@@ -74,22 +83,144 @@ def loss_fn(model, params, batch_stats, batch: dict, dropout_key: jax.Array,
       dropout_key: PRNG key of the "dropout" stream.
       label_smoothing: see `cross_entropy`.
       model_args: extra positional inputs (the supernet's subnet arrays).
+      criterion: `criterion(logits, labels)` -> scalar loss in place of
+        `cross_entropy(logits, labels, label_smoothing)` (progressive
+        shrinking's distillation loss).
 
     Returns:
       (loss, (logits float[B, C], new batch_stats)): differentiate with
-      `jax.value_and_grad(..., has_aux=True)` in `params`.
+      `jax.value_and_grad(..., has_aux=True)` in `params` (`loss_and_grads`).
     """
     logits, upd = model.apply(
         {"params": params, "batch_stats": batch_stats}, batch["image"],
         *model_args, train=True, rngs={"dropout": dropout_key},
         mutable=["batch_stats"])
-    loss = cross_entropy(logits, batch["label"], label_smoothing)
+    if criterion is None:
+        loss = cross_entropy(logits, batch["label"], label_smoothing)
+    else:
+        loss = criterion(logits, batch["label"])
     return loss, (logits, upd["batch_stats"])
+
+
+def loss_and_grads(model, params, batch_stats, batch: dict, dropout_key: jax.Array,
+                   label_smoothing: float, model_args: tuple = (),
+                   criterion: Callable | None = None):
+    """`loss_fn` and its gradient in `params`.
+
+    Returns:
+      (loss, logits, new batch_stats, grads like params).
+    """
+    (loss, (logits, stats)), grads = jax.value_and_grad(
+        functools.partial(loss_fn, model), has_aux=True)(
+            params, batch_stats, batch, dropout_key, label_smoothing, model_args,
+            criterion)
+    return loss, logits, stats, grads
 
 
 def top1(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Fraction of the batch whose arg-max logit is the label (float scalar)."""
     return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def step_metrics(loss: jax.Array, top1: jax.Array, lr: jax.Array, grads) -> dict:
+    """{"loss", "top1" (batch accuracy, fraction), "lr", "grad_norm"} of a step
+    (what `FiniteGuard` checks and the runs log)."""
+    return {"loss": loss, "top1": top1, "lr": lr,
+            "grad_norm": optax.tree.norm(grads)}
+
+
+# -------------------------------------------------------------- schedule
+
+
+def learning_rate(step, peak: float, total_steps: int, *, warmup_steps: int = 0,
+                  warmup_from: float = 0.0, end: float = 0.0) -> jax.Array:
+    """The learning rate at `step` (0-based): linear warm-up, then cosine.
+
+    With W = `warmup_steps` and T = `total_steps` (the warm-up included):
+      step < W:       warmup_from + step / W * (peak - warmup_from)
+      W <= step:      end + 0.5 * (peak - end) * (1 + cos(pi * t)),
+                      t = min((step - W) / (T - W), 1)
+    These are `optax.warmup_cosine_decay_schedule(warmup_from, peak, W, T,
+    end)`'s values, written out rather than called: with W = 0 this is bit
+    for bit supernet adaptation's float32 cosine (NAT Sec. 4.4: "initialized
+    at 0.01 and annealed to zero"), which optax's form rounds differently in
+    the last bit at some steps (so runs repeat earlier ones exactly).
+    Fine-tuning (Sec. 4.3) warms up from 0; OFA's progressive shrinking
+    counts its warm-up steps from 1 (`Phase.learning_rate`).
+
+    Args:
+      step: int scalar (Python or traced).
+      peak: the rate at the end of the warm-up.
+      total_steps: T >= W + 1 (Python int).
+      warmup_steps: W >= 0.
+      warmup_from: the rate at step 0 when W > 0.
+      end: the rate from step T on.
+
+    Returns:
+      float32 scalar.
+    """
+    w, total = int(warmup_steps), int(total_steps)
+    if w < 0 or total <= w:
+        raise ValueError(f"A schedule needs 0 <= warmup_steps < total_steps, got "
+                         f"warmup_steps={warmup_steps}, total_steps={total_steps}.")
+    s = jnp.asarray(step, jnp.float32)
+    t = jnp.clip((s - w) / (total - w), 0.0, 1.0)
+    cosine = end + 0.5 * (peak - end) * (1.0 + jnp.cos(jnp.pi * t))
+    if w == 0:
+        return cosine
+    return jnp.where(s < w, warmup_from + s / w * (peak - warmup_from), cosine)
+
+
+# -------------------------------------------------------------------- SGD
+
+
+def masked_sgd(params, grads, momentum, mask, lr, config):
+    """PyTorch SGD restricted to a subnet's weights (OFA trains with it).
+
+    Per leaf p with gradient g and momentum buffer b (`torch.optim.SGD`):
+      g' = g + weight_decay * p   (only leaves with ndim >= 2: conv/linear
+                                   kernels and kernel transforms)
+      b' = momentum * b + g'
+      p' = p - lr * (g' + momentum * b')  (Nesterov), else p - lr * b'
+    where `mask` is True; elsewhere p and b stay exactly as they are (weights
+    the sampled subnet does not use keep their value and their momentum).
+
+    Kept as a plain function rather than an optax transformation: written
+    as optax updates (`p + (-lr * d)` via `optax.apply_updates`), XLA's
+    result differed from this one in the last bits, and runs are meant to
+    repeat earlier ones bit for bit.
+
+    Args:
+      params, grads, momentum: pytrees of the same structure.
+      mask: bool pytree like params (`nat_jax.model.active_weights`).
+      lr: scalar learning rate.
+      config: has `momentum`, `nesterov`, `weight_decay` (`AdaptConfig`,
+        progressive shrinking's `SGDConfig`).
+
+    Returns:
+      (new params, new momentum).
+    """
+    def leaf(p, g, buf, m):
+        if p.ndim >= 2 and config.weight_decay:
+            g = g + config.weight_decay * p
+        new_buf = config.momentum * buf + g
+        d = g + config.momentum * new_buf if config.nesterov else new_buf
+        return jnp.where(m, p - lr * d, p), jnp.where(m, new_buf, buf)
+
+    both = jax.tree.map(leaf, params, grads, momentum, mask)
+    new_p = jax.tree.map(lambda _, t: t[0], params, both)
+    new_m = jax.tree.map(lambda _, t: t[1], params, both)
+    return new_p, new_m
+
+
+def masked_sgd_update(state: TrainState, grads, batch_stats, mask, lr,
+                      config) -> TrainState:
+    """`state` after one `masked_sgd` step (opt_state {"momentum"}): new
+    params, momentum and BatchNorm statistics, step + 1."""
+    params, momentum = masked_sgd(state.params, grads, state.opt_state["momentum"],
+                                  mask, lr, config)
+    return state.replace(params=params, batch_stats=batch_stats,
+                         opt_state={"momentum": momentum}, step=state.step + 1)
 
 
 # ----------------------------------------------------------------- state
@@ -176,18 +307,24 @@ def update_ema(ema: Any, new: Any, decay: float, step: jax.Array) -> Any:
 # ------------------------------------------------------------------ step
 
 
+@functools.lru_cache(maxsize=32)
 def jit_train_step(step_fn: Callable, mesh: jax.sharding.Mesh,
-                   num_inputs: int = 1) -> Callable:
-    """`step_fn(state, batch, *inputs) -> (state, metrics)` jitted over `mesh`.
+                   num_inputs: int = 1, **static) -> Callable:
+    """`step_fn(state, batch, *inputs, **static) -> (state, metrics)` jitted
+    over `mesh`.
 
     The batch (leading axis) is sharded on "data"; the state, the
     `num_inputs` further inputs and both outputs are replicated; the state's
     buffers are donated (use the returned state). With BatchNorm in train
     mode the statistics are those of the global batch, so the result does
     not depend on the device count beyond floating-point reduction order.
+    Cached: the same (step_fn, mesh, num_inputs, static), e.g. `model=`,
+    `config=` (hashable), gives the same jitted function, so a later call of
+    a run reuses its compiled steps.
     """
     repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-    return jax.jit(step_fn, in_shardings=(repl, data) + (repl,) * num_inputs,
+    return jax.jit(functools.partial(step_fn, **static),
+                   in_shardings=(repl, data) + (repl,) * num_inputs,
                    out_shardings=(repl, repl), donate_argnums=0)
 
 

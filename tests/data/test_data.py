@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -303,11 +304,23 @@ def test_prepare_converts_cinic10_layout(tmp_path):
     assert ds.class_names == ("airplane", "cat") and len(ds.test) == 2
 
 
-def test_embedded_asset_builder_on_synthetic_idx_files(tmp_path):
-    path = os.path.join(data.ASSETS, "build_fashion_mnist_mini.py")
+def _asset_builder():
+    path = os.path.join(data.ASSETS, "build_mini.py")
     module_spec = importlib.util.spec_from_file_location("_build", path)
     build = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(build)
+    return build
+
+
+def _balanced(d):
+    assert d["train_images"].shape == (4000, 28, 28, 1)
+    assert d["train_images"].dtype == np.uint8 == d["test_labels"].dtype
+    assert np.bincount(d["train_labels"]).tolist() == [400] * 10
+    assert np.bincount(d["test_labels"]).tolist() == [100] * 10
+
+
+def test_embedded_asset_builder_on_synthetic_idx_files(tmp_path):
+    build = _asset_builder()
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 4500), ("t10k", 1200)):
         labels = rng.permutation(np.arange(n) % 10).astype(np.uint8)
@@ -318,11 +331,54 @@ def test_embedded_asset_builder_on_synthetic_idx_files(tmp_path):
             with gzip.open(tmp_path / f"{prefix}-{kind}-idx{arr.ndim}-ubyte.gz",
                            "wb") as f:
                 f.write(header + arr.tobytes())
-    out = build.build(str(tmp_path), str(tmp_path / "mini.npz"))
+    out = build.build("fashion_mnist_mini", str(tmp_path), str(tmp_path / "mini.npz"))
     with np.load(out) as d:
-        assert d["train_images"].shape == (4000, 28, 28, 1)
-        assert np.bincount(d["train_labels"]).tolist() == [400] * 10
-        assert np.bincount(d["test_labels"]).tolist() == [100] * 10
+        _balanced(d)
+        assert d["class_names"][0] == "t-shirt_top"
+
+
+def test_embedded_asset_builder_on_a_synthetic_csv(tmp_path, monkeypatch):
+    """mnist_mini: per digit the first 400 rows train, the next 100 test."""
+    build = _asset_builder()
+    rng = np.random.default_rng(1)
+    labels = rng.permutation(np.arange(5200) % 10).astype(np.uint8)
+    pixels = rng.integers(0, 256, (5200, 784), np.uint8)
+    pixels[:, 0] = np.arange(5200) % 256            # row id, to check the split
+    pixels[:, 1] = np.arange(5200) // 256
+    np.savetxt(tmp_path / "m.csv.gz", np.concatenate([pixels, labels[:, None]], 1),
+               fmt="%d", delimiter=",")
+    out = build.build("mnist_mini", str(tmp_path / "m.csv.gz"),
+                      str(tmp_path / "m.npz"))
+    with np.load(out) as d:
+        _balanced(d)
+        rows = {s: d[f"{s}_images"][:, 0, 0, 0].astype(int)
+                + 256 * d[f"{s}_images"][:, 0, 1, 0].astype(int)
+                for s in ("train", "test")}
+    for c in range(10):
+        of_c = np.flatnonzero(labels == c)
+        assert set(of_c[:400]) <= set(rows["train"])
+        assert set(of_c[400:500]) <= set(rows["test"])
+    assert np.all(np.diff(rows["train"]) > 0)        # file order
+    with pytest.raises(ValueError, match="build one of"):
+        build.build("cifar_mini")
+    # prepare rebuilds the embedded dataset it is asked for (the builder is
+    # copied: it writes next to itself, here not into the package)
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    shutil.copy(os.path.join(data.ASSETS, "build_mini.py"), assets)
+    monkeypatch.setattr(data, "ASSETS", str(assets))
+    msg = prepare.prepare("mnist_mini", source=str(tmp_path / "m.csv.gz"))
+    assert msg == f"rebuilt {assets / 'mnist_mini.npz'}"
+    with np.load(assets / "mnist_mini.npz") as d:
+        assert tuple(d["class_names"]) == build.DATASETS["mnist_mini"]["class_names"]
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist_mini", "mnist_mini"])
+def test_shipped_assets_are_what_the_builder_describes(name):
+    spec = _asset_builder().DATASETS[name]
+    with np.load(os.path.join(data.ASSETS, f"{name}.npz")) as d:
+        _balanced(d)
+        assert tuple(d["class_names"]) == spec["class_names"]
 
 
 def test_imagenet_validation_is_50000_training_images():

@@ -64,7 +64,7 @@ def tiny_cfg():
 @pytest.fixture(scope="module")
 def finetuned(transfer_dir, tiny_cfg, tmp_path_factory):
     wd = tmp_path_factory.mktemp("finetune")
-    res = finetune.run(tiny_cfg, str(wd), str(transfer_dir), ARCH, data.EMBEDDED,
+    res = finetune.finetune(tiny_cfg, str(wd), str(transfer_dir), ARCH, data.EMBEDDED,
                        eval_batch_size=200, calib_images=256)
     return wd, res
 
@@ -103,7 +103,7 @@ def test_finetune_improves_test_accuracy_and_exports(finetuned, tiny_cfg,
     again = evaluation.evaluate_static(model, variables, ds.test, 32, 200)
     assert again["correct1"] == after["correct1"]
     # A finished workdir returns its result without training again.
-    assert finetune.run(tiny_cfg, str(wd), str(transfer_dir), ARCH, data.EMBEDDED,
+    assert finetune.finetune(tiny_cfg, str(wd), str(transfer_dir), ARCH, data.EMBEDDED,
                         eval_batch_size=200, calib_images=256) == res
 
 
@@ -115,7 +115,7 @@ def test_resume_continues_to_the_same_weights(finetuned, transfer_dir, tiny_cfg,
     (tmp_path / "ckpt").mkdir()
     shutil.copytree(wd / "ckpt" / str(mid), tmp_path / "ckpt" / str(mid))
     shutil.copy(wd / "finetune.json", tmp_path / "finetune.json")
-    res2 = finetune.run(tiny_cfg, str(tmp_path), str(transfer_dir), ARCH,
+    res2 = finetune.finetune(tiny_cfg, str(tmp_path), str(transfer_dir), ARCH,
                         data.EMBEDDED, eval_batch_size=200, calib_images=256)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["step"] > mid  # it did not start from 0
@@ -128,7 +128,7 @@ def test_resume_continues_to_the_same_weights(finetuned, transfer_dir, tiny_cfg,
     other.mkdir()
     shutil.copy(wd / "finetune.json", other / "finetune.json")
     with pytest.raises(ValueError, match="different fine-tuning run"):
-        finetune.run(tiny_cfg, str(other), str(transfer_dir), SPACE.min_arch(32),
+        finetune.finetune(tiny_cfg, str(other), str(transfer_dir), SPACE.min_arch(32),
                      data.EMBEDDED)
 
 
@@ -140,12 +140,12 @@ def test_finished_workdir_answers_only_the_same_run(finetuned, transfer_dir,
     before = {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()}
     other = SPACE.min_arch(32)
     with pytest.raises(ValueError, match=r"different fine-tuning run \(arch\."):
-        finetune.run(tiny_cfg, str(wd), str(transfer_dir), other, data.EMBEDDED,
+        finetune.finetune(tiny_cfg, str(wd), str(transfer_dir), other, data.EMBEDDED,
                      eval_batch_size=200, calib_images=256)
     changed = dataclasses.replace(tiny_cfg, steps=7, lr=0.5)
     with pytest.raises(ValueError, match="config.lr: 0.01 -> 0.5, config.steps: "
                                          "80 -> 7") as err:
-        finetune.run(changed, str(wd), str(transfer_dir), ARCH, data.EMBEDDED,
+        finetune.finetune(changed, str(wd), str(transfer_dir), ARCH, data.EMBEDDED,
                      eval_batch_size=200, calib_images=256)
     assert "\n" not in str(err.value)
     assert {p.name: p.read_bytes() for p in wd.iterdir() if p.is_file()} == before

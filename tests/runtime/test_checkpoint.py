@@ -121,3 +121,15 @@ def test_orbax_info_logs_are_dropped(tmp_path, caplog):
     assert _orbax_info(caplog.records) == []
     # the filter is removed again afterwards
     assert not logging.getLogger("absl").filters
+
+
+def test_drop_orbax_info_keeps_warnings_and_other_modules():
+    drop = ck.DropOrbaxInfo()
+
+    def rec(path, level):
+        return logging.LogRecord("absl", level, path, 1, "m", None, None)
+    orbax_py = "/site-packages/orbax/checkpoint/checkpointer.py"
+    assert not drop.filter(rec(orbax_py, logging.INFO))
+    assert not drop.filter(rec(orbax_py, logging.DEBUG))
+    assert drop.filter(rec(orbax_py, logging.WARNING))
+    assert drop.filter(rec("/work/nat_jax/nat/transfer.py", logging.INFO))

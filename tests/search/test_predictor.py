@@ -78,6 +78,22 @@ def test_robust_to_duplicates_tiny_sets_and_constant_targets(data):
         small.predict(X[:2])
 
 
+@pytest.mark.parametrize("cls", [P.RBFEnsemble, P.RBF, P.GP])
+def test_wrong_shapes_raise_one_line_value_errors(data, cls):
+    X, y = data
+    model = cls(n_members=4) if cls is P.RBFEnsemble else cls()
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"X\[n, d\] and targets y\[n\]"):
+        model.fit(key, X[0], y[:1])           # one genotype, not a batch
+    with pytest.raises(ValueError, match="one row each per genotype"):
+        model.fit(key, X[:10], y[:9])
+    fitted = model.fit(key, X[:10], y[:10])
+    with pytest.raises(ValueError, match=rf"X\[n, {X.shape[1]}\]") as e:
+        fitted.predict(X[:4, :-1])            # a genotype of another space
+    assert "\n" not in str(e.value)
+    assert np.asarray(fitted.predict(X[:4])).shape == (4,)
+
+
 def _oracle_ensemble(params, X, y, Xq, n_active):
     """Mean of SciPy cubic RBFs with linear tail (the authors' pySOT
     `RBFInterpolant(CubicKernel, LinearTail)`, i.e. Algorithm 2's member) on

@@ -109,7 +109,8 @@ def test_step_genotypes_depend_only_on_key_and_step():
 
 
 def test_cosine_schedule_is_a_function_of_the_global_step():
-    lr = [float(ad.learning_rate(s, 100, CFG)) for s in (0, 50, 100, 150)]
+    lr = [float(training.learning_rate(s, CFG.lr, 100, end=CFG.lr_end))
+          for s in (0, 50, 100, 150)]
     np.testing.assert_allclose(lr, [0.01, 0.005, 0.0, 0.0], atol=1e-7)
 
 
@@ -129,8 +130,8 @@ def _grad_fn():
     model, _ = _model()
 
     def loss(params, batch_stats, batch, arch):
-        return ad.loss_fn(model, params, batch_stats, batch, arch,
-                          jax.random.key(0), 0.1)[0]
+        return training.loss_fn(model, params, batch_stats, batch,
+                                jax.random.key(0), 0.1, (arch,))[0]
     return jax.jit(jax.grad(loss))
 
 
@@ -194,7 +195,7 @@ def test_train_step_changes_only_active_weights():
     arch = ss.Arch.from_ofa(*ARCHS[1], RES, 1.0, SPACE).as_arrays()
     batch = sharding.shard_batch(_loader().next(RES), mesh)
     before = jax.tree.map(np.asarray, state.params)
-    fn = ad.jitted_train_step(model, CFG, mesh)
+    fn = ad.jitted_adapt_step(model, CFG, mesh)
     new, metrics = fn(state, batch, arch)
     mask = ad.active_param_mask(SPACE, 1.0, variables["params"], arch)
     for b, a, m, mom in zip(jax.tree.leaves(before), jax.tree.leaves(new.params),
@@ -215,7 +216,7 @@ def test_switch_exec_mode_steps_like_masked():
     out = []
     for mode in ("masked", "switch"):
         cfg = dataclasses.replace(CFG, exec_mode=mode)
-        fn = ad.jitted_train_step(model, cfg, mesh)
+        fn = ad.jitted_adapt_step(model, cfg, mesh)
         state, loader = sharding.replicate(_fresh_state(), mesh), _loader()
         for a in ARCHS[:2]:
             arch = ss.Arch.from_ofa(*a, RES, 1.0, SPACE).as_arrays()
@@ -238,7 +239,7 @@ def test_one_and_four_devices_give_the_same_parameters():
     out = []
     for devices in (jax.devices()[:1], jax.devices()[:4]):
         mesh = sharding.data_mesh(devices)
-        fn = ad.jitted_train_step(model, CFG, mesh)
+        fn = ad.jitted_adapt_step(model, CFG, mesh)
         before, seen = fn._cache_size(), []
         state, m = ad.adapt(_fresh_state(), model, _loader(), probs, 3, CFG,
                             mesh=mesh, progress=lambda s, m: seen.append(
@@ -303,85 +304,6 @@ def test_nan_loss_raises_and_keeps_last_good_checkpoint(tmp_path):
     assert loader.step == 3
     for a, b in zip(jax.tree.leaves(good), jax.tree.leaves(restored)):
         np.testing.assert_array_equal(a, np.asarray(b))
-
-
-@pytest.mark.slow
-def test_masked_sgd_matches_torch_sgd_on_active_entries():
-    """PyTorch SGD (Nesterov, momentum 0.9, decay only on ndim >= 2) where the
-    mask is set; masked-out entries and their momentum stay put."""
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(0)
-    params = {"w": rng.normal(size=(4, 3)).astype(np.float32),
-              "b": rng.normal(size=(3,)).astype(np.float32)}
-    grads = [{k: rng.normal(size=v.shape).astype(np.float32)
-              for k, v in params.items()} for _ in range(3)]
-    cfg = ad.AdaptConfig(weight_decay=0.01)
-    mask = {"w": np.ones((4, 3), bool), "b": np.array([True, False, True])}
-    p = jax.tree.map(jnp.asarray, params)
-    mom = jax.tree.map(jnp.zeros_like, p)
-    tw = torch.tensor(params["w"], requires_grad=True)
-    tb = torch.tensor(params["b"], requires_grad=True)
-    opt = torch.optim.SGD([{"params": [tw], "weight_decay": 0.01},
-                           {"params": [tb], "weight_decay": 0.0}], lr=0.05,
-                          momentum=0.9, nesterov=True)
-    for g in grads:
-        p, mom = ad.masked_sgd(p, g, mom, mask, 0.05, cfg)
-        tw.grad, tb.grad = torch.tensor(g["w"]), torch.tensor(g["b"])
-        opt.step()
-    p, mom = jax.tree.map(np.asarray, (p, mom))
-    np.testing.assert_allclose(p["w"], tw.detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(p["b"][[0, 2]], tb.detach().numpy()[[0, 2]],
-                               rtol=1e-5, atol=1e-6)
-    assert p["b"][1] == params["b"][1] and mom["b"][1] == 0.0
-
-
-# ------------------------------------------- training toolkit (shared)
-
-
-def test_cross_entropy_is_smoothed_targets_against_log_softmax():
-    """Oracle: -sum_c t_c log softmax(z)_c, t = (1 - eps) one_hot + eps / C,
-    averaged over the batch (numpy, float64)."""
-    rng = np.random.default_rng(0)
-    z = rng.normal(size=(5, 4)).astype(np.float32)
-    y = np.array([0, 3, 1, 1, 2])
-    for eps in (0.0, 0.1):
-        t = (1 - eps) * np.eye(4)[y] + eps / 4
-        zz = z.astype(np.float64)
-        log_p = zz - np.log(np.exp(zz).sum(1, keepdims=True))
-        want = np.mean(-(t * log_p).sum(1))
-        got = float(training.cross_entropy(jnp.asarray(z), jnp.asarray(y), eps))
-        np.testing.assert_allclose(got, want, rtol=1e-6)
-
-
-def test_guard_checks_every_step_one_step_late(tmp_path):
-    seen = []
-
-    def m(loss, g):
-        return {"loss": jnp.float32(loss), "grad_norm": jnp.float32(g)}
-
-    with ck.TrainCheckpointer(tmp_path) as c:
-        guard = training.FiniteGuard(lambda s, ctx: f" on {ctx}", c,
-                                     lambda s, host, ctx: seen.append((s, ctx)))
-        guard.push(0, m(1.0, 2.0), "a")
-        assert seen == []  # held while the next step runs
-        guard.push(1, m(1.0, np.inf), "b")  # a finite loss is not enough
-        assert seen == [(0, "a")]
-        with pytest.raises(training.NonFiniteError, match=(
-                r"^Non-finite loss 1\.0 \(gradient norm inf\) at global step 1 on "
-                r"b; training stopped, no checkpoint exists yet in .*\.$")):
-            guard.push(2, m(1.0, 1.0), "c")
-        assert seen == [(0, "a")]
-        c.save(3, {"x": np.zeros(2, np.float32)})
-        guard = training.FiniteGuard(None, c)
-        guard.push(3, m(np.nan, 1.0))
-        with pytest.raises(training.NonFiniteError,
-                           match=r"step 3; training stopped, checkpoint step 3 "
-                                 r"in .* is kept"):
-            guard.flush()
-    guard = training.FiniteGuard()
-    guard.push(0, m(np.inf, 0.0))
-    with pytest.raises(RuntimeError, match="nothing was saved"):
-        guard.flush()
 
 
 @pytest.mark.slow

@@ -85,6 +85,33 @@ def test_evaluate_rejects_foreign_genotypes():
                             ds.train, EVAL)
 
 
+def test_wrong_image_and_label_shapes_raise_value_errors():
+    """chex checks at the boundaries: NHWC images into `predict` and the
+    re-calibrations, images/labels/mask into the count kernel (at trace
+    time, inside jit), each a one-line ValueError."""
+    model, variables = _model()
+    arch = SPACE.decode(_genes(1, 3)[0])
+    grey = np.zeros((2, RES, RES, 1), np.float32)
+    with pytest.raises(ValueError, match=r"NHWC") as e:
+        calibration.predict(model, variables, grey, arch)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"NHWC"):
+        calibration.recalibrate_bn(model, variables, arch, [grey])
+    sub, sv, _ = subnet.extract_subnet(model, variables, arch)
+    with pytest.raises(ValueError, match=r"NHWC"):
+        ev.recalibrate_static_bn(sub, sv, [np.zeros((RES, RES, 3), np.float32)])
+    fn = ev.jitted_counts(model, _mesh(), False)
+    images = np.zeros((2, RES, RES, 3), np.float32)
+    labels, mask = np.zeros(2, np.int32), np.ones(2, bool)
+    args = (variables["params"], variables["batch_stats"])
+    with pytest.raises(ValueError, match=r"labels\[B\] and mask\[B\]"):
+        fn(*args, images, labels[:, None], mask, arch.as_arrays())
+    with pytest.raises(ValueError, match="shape prefixes"):
+        fn(*args, images, labels[:1], mask, arch.as_arrays())
+    with pytest.raises(ValueError, match="labels integer class indices"):
+        fn(*args, images, labels.astype(np.float32), mask, arch.as_arrays())
+
+
 OFF = 24  # not in SPACE.resolutions (32, 40, 48), as OFA's 160 px is not in its
 
 

@@ -1,5 +1,5 @@
-"""Progressive shrinking (nat_jax/train/progressive_shrinking.py and
-experiments/pretrain.py).
+"""Progressive shrinking (nat_jax/train/progressive_shrinking.py); the run
+built on it is tested in tests/nat/test_pretrain.py.
 
 Oracles: OFA's loss written out independently (and the `ofa` package's
 `cross_entropy_loss_with_soft_target` / label smoothing when installed),
@@ -7,10 +7,6 @@ OFA's phase options from its paper/script, an uninterrupted run for resume.
 """
 
 import dataclasses
-import json
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +15,7 @@ import pytest
 
 from nat_jax.data import datasets as data
 from nat_jax.data import pipeline
-from nat_jax.model import supernet, supernet_set
+from nat_jax.model import supernet
 from nat_jax.runtime import checkpoint
 from nat_jax.space import search_space as ss
 from nat_jax.train import progressive_shrinking as pretrain
@@ -99,10 +95,10 @@ def test_learning_rate_schedule():
     p = pretrain.Phase("kernel", (3,), (6,), (4,), 1, epochs=2, warmup_epochs=1,
                        lr=0.4, warmup_lr=0.1, kd_ratio=1.0)
     # OFA: warm-up T_cur / T_total * (lr - warmup_lr) + warmup_lr, T_cur = i + 1
-    assert pretrain.learning_rate(0, p, 10) == pytest.approx(0.1 + 0.1 * 0.3)
-    assert pretrain.learning_rate(9, p, 10) == pytest.approx(0.4)
-    assert pretrain.learning_rate(10, p, 10) == pytest.approx(0.4)
-    assert pretrain.learning_rate(20, p, 10) == pytest.approx(0.2)
+    assert p.learning_rate(0, 10) == pytest.approx(0.1 + 0.1 * 0.3)
+    assert p.learning_rate(9, 10) == pytest.approx(0.4)
+    assert p.learning_rate(10, 10) == pytest.approx(0.4)
+    assert p.learning_rate(20, 10) == pytest.approx(0.2)
 
 
 def _run(tmp, phases, steps=3, stop_after=None, seed=0):
@@ -155,35 +151,3 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert r.keys() == s.keys()
     for k in r:
         np.testing.assert_array_equal(s[k], r[k], err_msg=k)
-
-
-def test_entry_point_writes_loadable_supernet(tmp_path):
-    wd = tmp_path / "wd"
-    cmd = [sys.executable, "-m", "experiments.pretrain",
-           "--config=experiments/configs/pretrain.py:test", f"--workdir={wd}",
-           "--config.phase_order=('full','kernel')"]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    model, v = supernet.load_supernet(str(wd / "w1.0"))
-    assert model.space == SPACE and model.num_classes == 10
-    rows = [json.loads(x) for x in (wd / "train" / "w1.0" / "metrics.jsonl")
-            .read_text().splitlines()]
-    assert [r["phase_end"] for r in rows if "phase_end" in r] == ["full", "kernel"]
-    # ... and feeds a transfer run directly (--config.supernet=DIR).
-    from experiments.configs import transfer as transfer_configs
-    from nat_jax.nat import transfer
-
-    cfg = transfer_configs.get_config("test")
-    cfg.supernet = str(wd / "w1.0")
-    cfg.widths = (1.0,)                     # one pretrained width: pin it
-    cfg.search.iterations = 1
-    summary = transfer.run(cfg, tmp_path / "transfer")
-    meta = json.loads((tmp_path / "transfer" / "config.json").read_text())
-    assert meta["supernet"] == str(wd / "w1.0") and summary["picks"]
-    _, adapted = supernet_set.load_width(summary["supernet_dir"], 1.0)
-    # the pre-trained weights were the starting point: the first conv moved
-    # from them by adaptation but keeps their shape and scale
-    w0, w1 = v["params"]["first_conv"], adapted["params"]["first_conv"]
-    assert w0.shape == w1.shape and not np.array_equal(w0, w1)
-    assert np.corrcoef(np.ravel(w0), np.ravel(w1))[0, 1] > 0.9
