@@ -1,4 +1,4 @@
-r"""Pre-train a supernet by OFA's progressive shrinking (NAT Sec. 4.4).
+r"""Pre-train a supernet by OFA's progressive shrinking (NAT Sec. 4.2).
 
 Usage:
   python -m experiments.pretrain --workdir=runs/pretrain_small   # small config

@@ -1,9 +1,9 @@
-"""The pre-training run: OFA's progressive shrinking per width (NAT Sec. 4.4).
+"""The pre-training run: OFA's progressive shrinking per width (NAT Sec. 4.2).
 
     summary = pretrain(config, workdir)      # resumable; experiments.pretrain
 
 NAT starts from a supernet "warm-up ... following the progressive shrinking
-algorithm" (Sec. 4.4); this is that run, on the phase and step machinery of
+algorithm" (Sec. 4.2); this is that run, on the phase and step machinery of
 `nat_jax.train.progressive_shrinking`. `config` is an
 experiments/configs/pretrain.py ConfigDict. One supernet per width of the
 space (`config.widths`, default all; NAT Sec. 3.2: the width multiplier is

@@ -1,9 +1,9 @@
-"""Supernet pre-training by OFA's progressive shrinking (NAT Sec. 4.4, App. D).
+"""Supernet pre-training by OFA's progressive shrinking (NAT Sec. 4.2).
 
 NAT warms its supernet up "following the progressive shrinking algorithm
 [OFA], where the supernet is first trained at full-scale, with subnets
 corresponding to different options (expand ratio, kernel size, # of layers)
-being gradually activated" (NAT Sec. 4.4). Phases (Cai et al., ICLR 2020,
+being gradually activated" (NAT Sec. 4.2). Phases (Cai et al., ICLR 2020,
 Sec. 3.2, and the `ofa` package's `progressive_shrinking.py`):
 
   full     the largest subnet, cross-entropy only (it becomes the teacher);
