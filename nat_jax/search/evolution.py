@@ -212,13 +212,26 @@ def _search_core(key, fit_genes, fit_errors, fit_valid, arch_genes, arch_errors,
     fit = functools.partial(predictor.fit_ensemble, n_members=config.n_members,
                             sample_fraction=config.sample_fraction,
                             n_features=n_feat, bounds=predictor_bounds(space, config))
-    fit_keys = k_fit[None] if n_tasks == 1 else jax.random.split(k_fit, n_tasks)
-    params = jax.vmap(fit)(fit_keys, fit_genes, fit_errors, fit_valid)
-    evals = jax.vmap(predictor.evaluator)(params)
+    # One task runs unbatched: XLA's batched (vmapped) linear solves round
+    # differently, and the RBF interpolation systems amplify that, so a
+    # vmap over T = 1 would not reproduce the single-task search.
+    if n_tasks == 1:
+        params = jax.tree.map(lambda a: a[None], fit(k_fit, fit_genes[0],
+                                                     fit_errors[0], fit_valid[0]))
+        one = predictor.evaluator(jax.tree.map(lambda a: a[0], params))
+
+        def predict(genes):  # [n, g] -> [T = 1, n]
+            return predictor.evaluate(one, genes)[None]
+    else:
+        params = jax.vmap(fit)(jax.random.split(k_fit, n_tasks), fit_genes,
+                               fit_errors, fit_valid)
+        evals = jax.vmap(predictor.evaluator)(params)
+
+        def predict(genes):  # [n, g] -> [T, n]
+            return jax.vmap(predictor.evaluate, in_axes=(0, None))(evals, genes)
 
     def evaluate(genes):  # [n, g] -> [n, T + m]
-        err = jax.vmap(predictor.evaluate, in_axes=(0, None))(evals, genes)
-        return jnp.concatenate([err.T, complexity_fn(genes)], axis=1)
+        return jnp.concatenate([predict(genes).T, complexity_fn(genes)], axis=1)
 
     arch_f = jnp.concatenate([arch_errors, complexity_fn(arch_genes)], axis=1)
     arch_f = jnp.where(arch_valid[:, None], arch_f, jnp.nan)
