@@ -288,12 +288,18 @@ class TrainState:
 
 
 def raw_key(key: jax.Array | int) -> jax.Array:
-    """uint32[2] key data from an int seed, a raw key or a typed key."""
+    """uint32[2] key data from an int seed, a raw key or a typed key.
+
+    Always a fresh buffer: the train steps donate their state, so two states
+    made from one key must not share its array (`key_data` of one typed key
+    returns one array, in jax 0.10.2 and 0.12.1 alike; under jax 0.12.1 the
+    second width's step then found its key deleted).
+    """
     if isinstance(key, int):
         key = jax.random.PRNGKey(key)
     elif jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         key = jax.random.key_data(key)
-    return jnp.asarray(key, jnp.uint32)
+    return jnp.array(key, jnp.uint32, copy=True)
 
 
 def update_ema(ema: Any, new: Any, decay: float, step: jax.Array) -> Any:

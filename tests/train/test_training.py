@@ -128,3 +128,12 @@ def test_masked_sgd_matches_torch_sgd_on_active_entries():
     assert p["b"][1] == params["b"][1] and mom["b"][1] == 0.0
 
 
+
+
+def test_states_made_from_one_key_do_not_share_its_buffer():
+    """The train steps donate their state: two states (one per width) made
+    from one typed key must each own their key's buffer."""
+    key = jax.random.fold_in(jax.random.key(0), 1)
+    a, b = training.raw_key(key), training.raw_key(key)
+    assert a.unsafe_buffer_pointer() != b.unsafe_buffer_pointer()
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(jax.random.key_data(key)))
