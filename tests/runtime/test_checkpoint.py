@@ -132,4 +132,4 @@ def test_drop_orbax_info_keeps_warnings_and_other_modules():
     assert not drop.filter(rec(orbax_py, logging.INFO))
     assert not drop.filter(rec(orbax_py, logging.DEBUG))
     assert drop.filter(rec(orbax_py, logging.WARNING))
-    assert drop.filter(rec("/work/nat_jax/nat/transfer.py", logging.INFO))
+    assert drop.filter(rec("/src/nat_jax/nat/transfer.py", logging.INFO))
